@@ -1,0 +1,49 @@
+r"""Diagonal Gaussian amortized guide (the mean-field encoder of Kingma & Welling 2014).
+
+.. math::
+
+    q_\phi(z \mid x) = \mathcal{N}\big(z;\ \mu_\phi(x),\ \mathrm{diag}\,\sigma_\phi(x)^2\big)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ppl_vae.nn import GaussianHead
+
+
+class MeanFieldGuide(nn.Module):
+    """MLP encoder emitting a mean and a bounded standard deviation per latent dimension.
+
+    Args:
+        x_dim: data dimension.
+        z_dim: latent dimension (must match the model's).
+        hidden: encoder hidden widths, from x upward.
+        site: name of the latent site it proposes for.
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 784,
+        z_dim: int = 10,
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        site: str = "z",
+    ):
+        super().__init__()
+        self.x_dim, self.z_dim, self.site = x_dim, z_dim, site
+        self.encoder = GaussianHead(x_dim, list(hidden), z_dim, activation)
+
+    def posterior(self, x: torch.Tensor):
+        loc, scale = self.encoder(x)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def forward(self, x: torch.Tensor) -> None:
+        pyro.module("guide", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample(self.site, self.posterior(x))

@@ -1,0 +1,54 @@
+"""Atomic, code-free checkpoints.
+
+A checkpoint is a ``torch.save`` file of tensors, numbers, strings, lists and
+dicts only, loaded with ``torch.load(weights_only=True)``: loading one never runs
+pickled code. It is written to a temporary file in the same folder, flushed to
+disk and renamed over the old one, so a crash mid-write leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "ppl_vae-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, of another format, or does not fit the model."""
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, **state}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated or foreign files raise many kinds of errors
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a ppl_vae checkpoint): {err}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+    return state

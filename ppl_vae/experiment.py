@@ -1,0 +1,155 @@
+"""Named experiments: build a model/guide pair from names, train, score, report.
+
+This is what ``ppl-vae train`` / ``evaluate`` and ``make run`` call. The spec of a
+run (data set, model, guide and their options) is stored in the checkpoint, so a
+checkpoint alone rebuilds the pair.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import Dataset, load_dataset
+from .evaluate import elbo_terms, log_px
+from .plots import save_pictures
+from .train import CHECKPOINT_NAME, TrainConfig, Trainer
+
+
+def build_pair(spec: dict[str, Any], x_dim: int):
+    """Model and guide named by ``spec["model"]`` / ``spec["guide"]`` with their keyword options."""
+    from ppl_vae.guides import GUIDES
+    from ppl_vae.models import MODELS
+
+    model_name, guide_name = spec.get("model", "vae"), spec.get("guide", "mean_field")
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model '{model_name}'; known: {', '.join(MODELS)}")
+    if guide_name not in GUIDES:
+        raise ValueError(f"unknown guide '{guide_name}'; known: {', '.join(GUIDES)}")
+    try:
+        model = MODELS[model_name](x_dim=x_dim, **spec.get("model_kwargs", {}))
+        guide = GUIDES[guide_name](x_dim=x_dim, **spec.get("guide_kwargs", {}))
+    except TypeError as err:
+        raise ValueError(f"bad options for model '{model_name}' or guide '{guide_name}': {err}") from None
+    return model, guide
+
+
+def dataset_of(spec: dict[str, Any]) -> Dataset:
+    return load_dataset(spec["dataset"], spec.get("data_dir"), spec.get("binarize", "dynamic"))
+
+
+def train_x_of(data: Dataset) -> tuple[torch.Tensor, bool]:
+    """Training tensor and whether it is binarised dynamically on the device."""
+    if data.binarize == "dynamic":
+        return data.train.x, True
+    return data.eval_x("train"), False
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _fmt_log_px(r: dict) -> str:
+    return f"{r['log_px']:.2f} ± {r['log_px_se']:.2f} (K={r['k']}, Monte Carlo SE {r['mc_se']:.3f})"
+
+
+def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 1000, resume: bool = False) -> dict:
+    """Train per ``spec`` and ``config``, score the test set, write ``result.json`` and PNGs
+    into ``config.out``, and return the result."""
+    data = dataset_of(spec)
+    config.meta = {**spec, "image_shape": list(data.image_shape)}
+    model, guide = build_pair(spec, data.x_dim)
+    trainer = Trainer(model, guide, config)
+    train_x, dynamic = train_x_of(data)
+    val_x = data.eval_x("val", trainer.device)
+    history = trainer.fit(train_x, val_x, dynamic=dynamic, resume=resume)
+    result = score(trainer, data, test_k, out=Path(config.out) if config.out else None)
+    result["history"] = history
+    result["seconds_per_epoch"] = sum(r["seconds"] for r in history) / len(history)
+    result["train_loss"] = history[-1]["train_loss"]
+    result["val_elbo"] = history[-1]["val_elbo"]
+    if config.out:
+        result["checkpoint"] = str(Path(config.out) / CHECKPOINT_NAME)
+        write_json(result, Path(config.out) / "result.json")
+    return result
+
+
+def score(trainer: Trainer, data: Dataset, k: int, out: Path | None) -> dict:
+    model, guide = trainer.model, trainer.guide
+    test_x = data.eval_x("test", trainer.device)
+    start = time.perf_counter()
+    est = log_px(model, guide, test_x, k=k, progress=trainer.config.progress)
+    terms = elbo_terms(model, guide, test_x)
+    result: dict[str, Any] = {
+        "dataset": data.name,
+        "device": str(trainer.device),
+        "objective": trainer.config.objective,
+        "model": trainer.config.meta.get("model"),
+        "guide": trainer.config.meta.get("guide"),
+        "epochs": trainer.epoch,
+        "n_test": test_x.shape[0],
+        "log_px": est.log_px,
+        "log_px_se": est.log_px_se,
+        "log_px_mc_se": est.mc_se,
+        "k": est.k,
+        "test_elbo": terms.elbo,
+        "test_rate": terms.rate,
+        "test_distortion": terms.distortion,
+        "eval_seconds": time.perf_counter() - start,
+        "config": asdict(trainer.config),
+    }
+    if out is not None:
+        result["pictures"] = save_pictures(model, guide, test_x, data.image_shape, out)
+    return result
+
+
+def write_json(result: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def report_table(result: dict) -> str:
+    rows = [
+        ("dataset", f"{result['dataset']} ({result['n_test']} test points)"),
+        ("model / guide", f"{result['model']} / {result['guide']}, objective {result['objective']}"),
+        ("device", result["device"]),
+    ]
+    if "train_loss" in result:
+        rows.append(("train loss (nats/point)", f"{result['train_loss']:.2f}"))
+        rows.append(("validation ELBO", f"{result['val_elbo']:.2f}"))
+    rows += [
+        ("test ELBO", f"{result['test_elbo']:.2f} (rate {result['test_rate']:.2f}, distortion {result['test_distortion']:.2f})"),
+        ("test log p(x)", _fmt_log_px({"log_px": result["log_px"], "log_px_se": result["log_px_se"], "k": result["k"], "mc_se": result["log_px_mc_se"]})),
+    ]
+    if "seconds_per_epoch" in result:
+        rows.append(("time per epoch", f"{result['seconds_per_epoch']:.2f} s over {result['epochs']} epochs"))
+    return format_table(rows)
+
+
+def load_trained(path: str | Path, device: str = "auto"):
+    """Rebuild (trainer, dataset) from a checkpoint written by :func:`train_and_report`."""
+    state = load_checkpoint(path)
+    cfg = dict(state["config"])
+    spec = cfg.get("meta") or {}
+    if "dataset" not in spec:
+        raise CheckpointError(f"checkpoint {path} has no data set spec: it was not written by ppl-vae train")
+    cfg.update(device=device, out=None)
+    config = TrainConfig(**cfg)
+    data = dataset_of(spec)
+    model, guide = build_pair(spec, data.x_dim)
+    trainer = Trainer(model, guide, config)
+    first = data.eval_x("val", trainer.device)[:2]
+    trainer._capture_params(first)
+    trainer.load_params({k: v.to(trainer.device) for k, v in state["params"].items()})
+    trainer.epoch = state["epoch"]
+    return trainer, data

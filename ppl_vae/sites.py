@@ -1,0 +1,202 @@
+r"""Per-data-point log-densities read from Pyro traces.
+
+Everything that scores a model/guide pair (importance-weighted bounds, log p(x),
+rate and distortion) starts here. The guide is run under an outer *particle*
+plate of size ``K`` and the model is replayed against it; every sample site's
+log-density is then reduced to shape ``(K, B)``: summed over every dimension
+except the particle dimension and the ``"data"`` plate's dimension.
+
+.. math::
+
+    \log w_{kb} = \sum_{s \in \text{model}} c_s \log p_s(\cdot)_{kb}
+                - \sum_{s \in \text{guide}} c_s \log q_s(\cdot)_{kb}
+
+Scales are split in two. The data plate's subsample scale ``N / B`` is *not*
+applied to ``log w`` (it multiplies the per-point bound afterwards, outside any
+log-sum-exp); any other scale ``c_s`` (``poutine.scale``, beta, warm-up) is kept
+as a weight of that site's term. This is what Pyro 1.9's ``RenyiELBO`` gets
+wrong under subsampling (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import prune_subsample_sites
+
+DATA_PLATE = "data"
+PARTICLE_PLATE = "_ppl_vae_particles"
+
+
+class ContractError(ValueError):
+    """A model or guide does not follow the package's model/guide contract."""
+
+
+@dataclass
+class SiteTerms:
+    """Per-point log-densities of one (model, guide) draw, each of shape ``(K, B)``.
+
+    ``model_terms`` holds every model sample site (observed and latent) and
+    ``guide_terms`` every guide sample site; ``observed`` names the observed model
+    sites. ``data_scale`` is the data plate's subsample scale N / B (1 without
+    subsampling). ``reparameterized`` is False if any guide site is not.
+    """
+
+    model_terms: dict[str, torch.Tensor]
+    guide_terms: dict[str, torch.Tensor]
+    observed: list[str]
+    data_scale: float
+    reparameterized: bool
+    guide_trace: poutine.Trace = field(repr=False)
+    model_trace: poutine.Trace = field(repr=False)
+
+    @property
+    def latent(self) -> list[str]:
+        return [name for name in self.model_terms if name not in self.observed]
+
+    def log_likelihood(self) -> torch.Tensor:
+        """Sum of observed sites' log p(x | z): minus the distortion, ``(K, B)``."""
+        return _sum_terms([self.model_terms[n] for n in self.observed], self)
+
+    def log_prior(self) -> torch.Tensor:
+        """Sum of latent sites' log p(z), ``(K, B)``."""
+        return _sum_terms([self.model_terms[n] for n in self.latent], self)
+
+    def log_guide(self) -> torch.Tensor:
+        """Sum of guide sites' log q(z | x), ``(K, B)``."""
+        return _sum_terms(list(self.guide_terms.values()), self)
+
+    def log_weights(self) -> torch.Tensor:
+        """Importance log-weights ``log p(x, z) - log q(z | x)``, shape ``(K, B)``."""
+        return self.log_likelihood() + self.log_prior() - self.log_guide()
+
+
+def _sum_terms(terms: list[torch.Tensor], ref: SiteTerms) -> torch.Tensor:
+    if terms:
+        return torch.stack(torch.broadcast_tensors(*terms)).sum(0)
+    # no such site: a zero of the right shape
+    some = next(iter(ref.model_terms.values()))
+    return torch.zeros_like(some)
+
+
+def guess_max_plate_nesting(model, guide, args, kwargs) -> int:
+    """Deepest plate nesting of the pair, found by running both once (as Pyro does)."""
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    depth = 0
+    for trace in (model_trace, guide_trace):
+        for site in prune_subsample_sites(trace).nodes.values():
+            if site["type"] == "sample":
+                for frame in site["cond_indep_stack"]:
+                    if frame.vectorized:
+                        depth = max(depth, -frame.dim)
+    return depth
+
+
+def _data_frame(site: dict, where: str):
+    for frame in site["cond_indep_stack"]:
+        if frame.name == DATA_PLATE and frame.vectorized:
+            return frame
+    raise ContractError(
+        f"{where} site '{site['name']}' is not inside pyro.plate('data'): every sample "
+        "site of a model and guide must sit in the one 'data' plate so it can be scored "
+        "per data point (see the model/guide contract in the README)"
+    )
+
+
+def _reduce_site(site: dict, where: str, num_particles: int, particle_dim: int):
+    """(K, B) log-density of one site, its extra weight, and its data subsample scale."""
+    frame = _data_frame(site, where)
+    log_p = site["fn"].log_prob(site["value"])
+    if site["mask"] is not None and site["mask"] is not True:
+        mask = site["mask"]
+        if isinstance(mask, torch.Tensor):
+            log_p = torch.where(mask, log_p, log_p.new_zeros(()))
+        elif mask is False:
+            log_p = torch.zeros_like(log_p)
+    ndim = max(log_p.dim(), -particle_dim, -frame.dim)
+    log_p = log_p.reshape((1,) * (ndim - log_p.dim()) + log_p.shape)
+    p_axis, d_axis = ndim + particle_dim, ndim + frame.dim
+    batch = log_p.shape[d_axis]
+    other = [a for a in range(ndim) if a not in (p_axis, d_axis)]
+    if other:
+        log_p = log_p.sum(other, keepdim=True)
+    log_p = log_p.reshape(log_p.shape[p_axis], batch).expand(num_particles, batch)
+    data_scale = frame.size / batch
+    scale = site["scale"]
+    weight = scale / data_scale
+    if not isinstance(weight, torch.Tensor) and weight == 1.0:
+        return log_p, None, data_scale
+    return log_p, weight, data_scale
+
+
+def _vectorized(fn, num_particles: int, dim: int):
+    def wrapped(*args, **kwargs):
+        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def site_terms(
+    model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None, **kwargs
+) -> SiteTerms:
+    """Run ``guide`` with ``num_particles`` vectorised particles, replay ``model``, and
+    return every sample site's log-density per particle and data point.
+
+    Sites outside ``pyro.plate("data")`` raise :class:`ContractError`; plates nested in
+    the data plate (pixels, time steps) are summed over.
+    """
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+    particle_dim = -max_plate_nesting - 1
+    guide_trace = poutine.trace(_vectorized(guide, num_particles, particle_dim)).get_trace(
+        *args, **kwargs
+    )
+    model_trace = poutine.trace(
+        poutine.replay(_vectorized(model, num_particles, particle_dim), trace=guide_trace)
+    ).get_trace(*args, **kwargs)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+
+    model_terms, guide_terms, observed = {}, {}, []
+    data_scales = set()
+    reparameterized = True
+    for where, trace, out in (("guide", guide_trace, guide_terms), ("model", model_trace, model_terms)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            if where == "model" and site["is_observed"]:
+                observed.append(name)
+            elif where == "model" and name not in guide_trace.nodes:
+                raise ContractError(
+                    f"model latent site '{name}' has no matching site in the guide; the guide "
+                    f"samples {sorted(guide_terms)}"
+                )
+            if where == "guide" and not getattr(site["fn"], "has_rsample", False):
+                reparameterized = False
+            log_p, weight, data_scale = _reduce_site(site, where, num_particles, particle_dim)
+            out[name] = log_p if weight is None else weight * log_p
+            data_scales.add(round(data_scale, 9))
+    extra = sorted(set(guide_terms) - set(model_terms))
+    if extra:
+        raise ContractError(f"guide sites {extra} do not appear in the model")
+    if not observed:
+        raise ContractError("the model has no observed site (pyro.sample(..., obs=x))")
+    if len(data_scales) != 1:
+        raise ContractError(f"sites disagree on the size of the 'data' plate: scales {data_scales}")
+    return SiteTerms(
+        model_terms=model_terms,
+        guide_terms=guide_terms,
+        observed=observed,
+        data_scale=data_scales.pop(),
+        reparameterized=reparameterized,
+        guide_trace=guide_trace,
+        model_trace=model_trace,
+    )

@@ -1,0 +1,227 @@
+"""The training loop for any (model, guide, objective) triple that follows the contract.
+
+The loop knows no objective: it calls ``objective.differentiable_loss(model, guide, x)``
+and steps a torch Adam optimizer over the parameters the pair registers. It does
+not synchronise with the device per step: losses accumulate on the device and are
+read once per epoch, and the data stay on the device (see :class:`DeviceBatches`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import DeviceBatches
+from .device import resolve_device, rng_state, seed_everything, set_rng_state
+from .evaluate import elbo_terms, log_px
+from .objectives import get_objective
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the message says where it stopped."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train; everything a resumed run must agree on except ``epochs``.
+
+    ``eval_every``: estimate validation log p(x) with ``eval_k`` importance samples every
+    that many epochs (0: never). ``out``: folder for the per-epoch checkpoint.
+    """
+
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    objective: str = "elbo"
+    eval_every: int = 5
+    eval_k: int = 100
+    out: str | None = None
+    progress: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be 0 (never) or positive, got {self.eval_every}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def identity(self) -> dict:
+        """What a checkpoint must match to be resumed under this config."""
+        d = asdict(self)
+        for key in ("epochs", "progress", "out", "device", "eval_every", "eval_k"):
+            d.pop(key)
+        return d
+
+
+def _to_device(fn, device):
+    if isinstance(fn, torch.nn.Module):
+        fn.to(device)
+    return fn
+
+
+class Trainer:
+    """Trains ``model`` and ``guide`` with ``config.objective`` (or an objective object).
+
+    >>> trainer = Trainer(VAE(), MeanFieldGuide(), TrainConfig(epochs=5))  # doctest: +SKIP
+    >>> history = trainer.fit(train_x, val_x)                               # doctest: +SKIP
+
+    Like Pyro's examples, training starts from an empty Pyro param store.
+    """
+
+    def __init__(self, model, guide, config: TrainConfig, objective=None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = _to_device(model, self.device)
+        self.guide = _to_device(guide, self.device)
+        self.objective = objective if objective is not None else get_objective(config.objective)
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.step = 0
+        self.params: dict[str, torch.Tensor] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        pyro.clear_param_store()
+
+    # ------------------------------------------------------------------ parameters
+
+    def _capture_params(self, x: torch.Tensor) -> None:
+        """Create every parameter the pair registers by running the objective once."""
+        with poutine.trace(param_only=True) as capture:
+            self.objective.differentiable_loss(self.model, self.guide, x)
+        params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+        if not params:
+            raise ValueError(
+                "the model and guide register no parameters: wrap networks with pyro.module(name, net) "
+                "or make them PyroModules, and create other parameters with pyro.param"
+            )
+        self.params = dict(sorted(params.items()))
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=self.config.lr)
+
+    def state_dict(self) -> dict:
+        return {name: p.detach().clone() for name, p in self.params.items()}
+
+    def load_params(self, state: dict) -> None:
+        missing = sorted(set(self.params) - set(state))
+        extra = sorted(set(state) - set(self.params))
+        if missing or extra:
+            raise CheckpointError(
+                f"checkpoint parameters do not match this model and guide (missing {missing[:3]}, unexpected {extra[:3]})"
+            )
+        with torch.no_grad():
+            for name, p in self.params.items():
+                if state[name].shape != p.shape:
+                    raise CheckpointError(
+                        f"checkpoint parameter '{name}' has shape {tuple(state[name].shape)}, this model's has {tuple(p.shape)}"
+                    )
+                p.copy_(state[name])
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_path(self) -> Path | None:
+        return Path(self.config.out) / CHECKPOINT_NAME if self.config.out else None
+
+    def save(self, batches: DeviceBatches, path: Path | None = None) -> Path | None:
+        path = path or self._checkpoint_path()
+        if path is None:
+            return None
+        assert self.optimizer is not None
+        return save_checkpoint(
+            {
+                "config": asdict(self.config),
+                "params": self.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch,
+                "step": self.step,
+                "rng": rng_state(),
+                "data_order": batches.state(),
+                "history": self.history,
+            },
+            path,
+        )
+
+    def _resume(self, batches: DeviceBatches) -> None:
+        path = self._checkpoint_path()
+        if path is None:
+            raise ValueError("resume needs config.out, the folder holding the checkpoint")
+        state = load_checkpoint(path, map_location=self.device)
+        saved = TrainConfig(**{**state["config"], "epochs": 1}).identity()
+        if saved != self.config.identity():
+            diff = sorted(k for k in saved if saved[k] != self.config.identity().get(k))
+            raise CheckpointError(f"checkpoint {path} was written with a different configuration ({', '.join(diff)} differ)")
+        self.load_params(state["params"])
+        assert self.optimizer is not None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        set_rng_state(state["rng"])
+        batches.load_state(state["data_order"].cpu() if batches.x.device.type == "cpu" else state["data_order"])
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self, train_x: torch.Tensor, val_x: torch.Tensor | None = None, dynamic: bool = False, resume: bool = False) -> list[dict]:
+        """Train for ``config.epochs`` epochs (in total, counting resumed ones).
+
+        ``train_x`` holds intensities if ``dynamic`` (binarised afresh each epoch on the
+        device) and the data as the model sees them otherwise. Returns the history:
+        one dict per epoch with the training loss and validation ELBO (and log p(x)),
+        in nats per data point.
+        """
+        cfg = self.config
+        seed_everything(cfg.seed)
+        batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic)
+        val_x = None if val_x is None else val_x.to(self.device)
+        first = train_x[: min(2, len(train_x))].to(self.device)
+        self._capture_params(torch.bernoulli(first) if dynamic else first)
+        if resume:
+            self._resume(batches)
+        elif cfg.out:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        n = batches.x.shape[0]
+        bar = tqdm(total=cfg.epochs * len(batches), initial=self.epoch * len(batches), disable=not cfg.progress, desc="train", unit="step")
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            total = torch.zeros((), device=self.device)
+            for xb in batches.epoch():
+                loss = self.objective.differentiable_loss(self.model, self.guide, xb)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += loss.detach()
+                self.step += 1
+                bar.update()
+            train_loss = total.item() / n  # the one read from the device this epoch
+            if not math.isfinite(train_loss):
+                raise TrainingError(f"the training loss became {train_loss} in epoch {self.epoch + 1} (step {self.step}); the last checkpoint is kept")
+            seconds = time.perf_counter() - start
+            self.epoch += 1
+            row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
+            if val_x is not None:
+                row.update(self.validate(val_x))
+            self.history.append(row)
+            bar.set_postfix({k: round(v, 2) for k, v in row.items() if k.startswith(("train_loss", "val_elbo", "val_log_px"))})
+            self.save(batches)
+        bar.close()
+        return self.history
+
+    def validate(self, val_x: torch.Tensor) -> dict:
+        terms = elbo_terms(self.model, self.guide, val_x)
+        row = {"val_elbo": terms.elbo, "val_rate": terms.rate, "val_distortion": terms.distortion}
+        every = self.config.eval_every
+        if every and (self.epoch % every == 0 or self.epoch == self.config.epochs):
+            est = log_px(self.model, self.guide, val_x, k=self.config.eval_k)
+            row.update(val_log_px=est.log_px, val_log_px_se=est.log_px_se, val_k=est.k)
+        return row
