@@ -7,7 +7,7 @@ r"""Diagonal Gaussian amortized guide (the mean-field encoder of Kingma & Wellin
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist

@@ -39,9 +39,11 @@ class LinearGaussian(nn.Module):
             raise ValueError(f"W must be ({x_dim}, {z_dim}) and b ({x_dim},); got {tuple(W.shape)}, {tuple(b.shape)}")
         self.x_dim, self.z_dim = x_dim, z_dim
         log_sigma = torch.tensor(math.log(sigma))
-        self.W = nn.Parameter(W.clone(), requires_grad=learn)
-        self.b = nn.Parameter(b.clone(), requires_grad=learn)
-        self.log_sigma = nn.Parameter(log_sigma, requires_grad=learn)
+        for name, value in (("W", W), ("b", b), ("log_sigma", log_sigma)):
+            if learn:
+                self.register_parameter(name, nn.Parameter(value.clone()))
+            else:  # fixed values are buffers, so Pyro does not try to register them
+                self.register_buffer(name, value.clone())
 
     @property
     def sigma(self) -> torch.Tensor:

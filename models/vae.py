@@ -10,7 +10,7 @@ The module is the model: ``VAE(...)(x)`` runs it. The data set sits in the one
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist

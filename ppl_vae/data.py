@@ -78,7 +78,11 @@ def _split_off(x, y, n_val, n_test, seed=0):
     perm = np.random.default_rng(seed).permutation(len(x))
     x, y = x[perm], y[perm]
     n_train = len(x) - n_val - n_test
-    return (x[:n_train], y[:n_train]), (x[n_train : n_train + n_val], y[n_train : n_train + n_val]), (x[n_train + n_val :], y[n_train + n_val :])
+    return (
+        (x[:n_train], y[:n_train]),
+        (x[n_train : n_train + n_val], y[n_train : n_train + n_val]),
+        (x[n_train + n_val :], y[n_train + n_val :]),
+    )
 
 
 def _load_mnist5k(data_dir):
@@ -159,7 +163,9 @@ def _npz_arrays(path: Path, keys) -> dict[str, np.ndarray]:
 def _local_28x28(name: str):
     def load(data_dir):
         if data_dir is None:
-            raise DataError(f"dataset '{name}' loads from local files: pass data_dir (--data-dir) naming the folder that holds them")
+            raise DataError(
+                f"dataset '{name}' loads from local files: pass data_dir (--data-dir) naming the folder that holds them"
+            )
         folder = Path(data_dir)
         if not folder.is_dir():
             raise DataError(f"data directory {folder} does not exist")
@@ -182,7 +188,9 @@ def _local_28x28(name: str):
         for split in ("train", "test"):
             x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
             if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
-                raise DataError(f"dataset '{name}': {split} images have shape {x.shape} with {len(y)} labels; expected (N, 28, 28) and N labels")
+                raise DataError(
+                    f"dataset '{name}': {split} images have shape {x.shape} with {len(y)} labels; expected (N, 28, 28) and N labels"
+                )
         x_tr = arrays["x_train"].reshape(len(arrays["x_train"]), -1).astype(np.float32) / 255.0
         x_te = arrays["x_test"].reshape(len(arrays["x_test"]), -1).astype(np.float32) / 255.0
         y_tr, y_te = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)

@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Dataset, load_dataset
+from .device import seed_everything
 from .evaluate import elbo_terms, log_px
 from .plots import save_pictures
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer
@@ -65,6 +66,7 @@ def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 10
     into ``config.out``, and return the result."""
     data = dataset_of(spec)
     config.meta = {**spec, "image_shape": list(data.image_shape)}
+    seed_everything(config.seed)  # the networks' initial weights follow the seed too
     model, guide = build_pair(spec, data.x_dim)
     trainer = Trainer(model, guide, config)
     train_x, dynamic = train_x_of(data)
@@ -129,7 +131,12 @@ def report_table(result: dict) -> str:
         rows.append(("validation ELBO", f"{result['val_elbo']:.2f}"))
     rows += [
         ("test ELBO", f"{result['test_elbo']:.2f} (rate {result['test_rate']:.2f}, distortion {result['test_distortion']:.2f})"),
-        ("test log p(x)", _fmt_log_px({"log_px": result["log_px"], "log_px_se": result["log_px_se"], "k": result["k"], "mc_se": result["log_px_mc_se"]})),
+        (
+            "test log p(x)",
+            _fmt_log_px(
+                {"log_px": result["log_px"], "log_px_se": result["log_px_se"], "k": result["k"], "mc_se": result["log_px_mc_se"]}
+            ),
+        ),
     ]
     if "seconds_per_epoch" in result:
         rows.append(("time per epoch", f"{result['seconds_per_epoch']:.2f} s over {result['epochs']} epochs"))

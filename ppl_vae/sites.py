@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "_ppl_vae_particles"
@@ -83,12 +83,14 @@ def _sum_terms(terms: list[torch.Tensor], ref: SiteTerms) -> torch.Tensor:
 
 
 def guess_max_plate_nesting(model, guide, args, kwargs) -> int:
-    """Deepest plate nesting of the pair, found by running both once (as Pyro does)."""
-    with poutine.block():
+    """Deepest plate nesting of the pair, found by running both once (as Pyro does).
+
+    The global RNG is left as it was, so guessing does not change what a seed gives.
+    """
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with poutine.block(), torch.random.fork_rng(devices=cuda):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     depth = 0
     for trace in (model_trace, guide_trace):
         for site in prune_subsample_sites(trace).nodes.values():
@@ -110,8 +112,16 @@ def _data_frame(site: dict, where: str):
     )
 
 
-def _reduce_site(site: dict, where: str, num_particles: int, particle_dim: int):
-    """(K, B) log-density of one site, its extra weight, and its data subsample scale."""
+def data_subsample_scale(trace: poutine.Trace) -> float:
+    """N / B of the data plate: its full size over the subsample it holds (1 without subsampling)."""
+    site = trace.nodes.get(DATA_PLATE)
+    if site is None or not site_is_subsample(site):
+        return 1.0
+    return site["fn"].size / site["value"].shape[0]
+
+
+def _reduce_site(site: dict, where: str, num_particles: int, particle_dim: int, data_scale: float):
+    """(K, B) log-density of one site and its extra weight (None when 1)."""
     frame = _data_frame(site, where)
     log_p = site["fn"].log_prob(site["value"])
     if site["mask"] is not None and site["mask"] is not True:
@@ -128,12 +138,10 @@ def _reduce_site(site: dict, where: str, num_particles: int, particle_dim: int):
     if other:
         log_p = log_p.sum(other, keepdim=True)
     log_p = log_p.reshape(log_p.shape[p_axis], batch).expand(num_particles, batch)
-    data_scale = frame.size / batch
-    scale = site["scale"]
-    weight = scale / data_scale
-    if not isinstance(weight, torch.Tensor) and weight == 1.0:
-        return log_p, None, data_scale
-    return log_p, weight, data_scale
+    weight = site["scale"] / data_scale
+    if not isinstance(weight, torch.Tensor) and abs(weight - 1.0) < 1e-12:
+        return log_p, None
+    return log_p, weight
 
 
 def _vectorized(fn, num_particles: int, dim: int):
@@ -144,9 +152,7 @@ def _vectorized(fn, num_particles: int, dim: int):
     return wrapped
 
 
-def site_terms(
-    model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None, **kwargs
-) -> SiteTerms:
+def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None, **kwargs) -> SiteTerms:
     """Run ``guide`` with ``num_particles`` vectorised particles, replay ``model``, and
     return every sample site's log-density per particle and data point.
 
@@ -156,17 +162,17 @@ def site_terms(
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     particle_dim = -max_plate_nesting - 1
-    guide_trace = poutine.trace(_vectorized(guide, num_particles, particle_dim)).get_trace(
+    guide_trace = poutine.trace(_vectorized(guide, num_particles, particle_dim)).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(_vectorized(model, num_particles, particle_dim), trace=guide_trace)).get_trace(
         *args, **kwargs
     )
-    model_trace = poutine.trace(
-        poutine.replay(_vectorized(model, num_particles, particle_dim), trace=guide_trace)
-    ).get_trace(*args, **kwargs)
+    data_scale = data_subsample_scale(model_trace)
+    if data_subsample_scale(guide_trace) != data_scale:
+        raise ContractError("the model and guide subsample the 'data' plate differently")
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
 
     model_terms, guide_terms, observed = {}, {}, []
-    data_scales = set()
     reparameterized = True
     for where, trace, out in (("guide", guide_trace, guide_terms), ("model", model_trace, model_terms)):
         for name, site in trace.nodes.items():
@@ -176,26 +182,22 @@ def site_terms(
                 observed.append(name)
             elif where == "model" and name not in guide_trace.nodes:
                 raise ContractError(
-                    f"model latent site '{name}' has no matching site in the guide; the guide "
-                    f"samples {sorted(guide_terms)}"
+                    f"model latent site '{name}' has no matching site in the guide; the guide samples {sorted(guide_terms)}"
                 )
             if where == "guide" and not getattr(site["fn"], "has_rsample", False):
                 reparameterized = False
-            log_p, weight, data_scale = _reduce_site(site, where, num_particles, particle_dim)
+            log_p, weight = _reduce_site(site, where, num_particles, particle_dim, data_scale)
             out[name] = log_p if weight is None else weight * log_p
-            data_scales.add(round(data_scale, 9))
     extra = sorted(set(guide_terms) - set(model_terms))
     if extra:
         raise ContractError(f"guide sites {extra} do not appear in the model")
     if not observed:
         raise ContractError("the model has no observed site (pyro.sample(..., obs=x))")
-    if len(data_scales) != 1:
-        raise ContractError(f"sites disagree on the size of the 'data' plate: scales {data_scales}")
     return SiteTerms(
         model_terms=model_terms,
         guide_terms=guide_terms,
         observed=observed,
-        data_scale=data_scales.pop(),
+        data_scale=data_scale,
         reparameterized=reparameterized,
         guide_trace=guide_trace,
         model_trace=model_trace,

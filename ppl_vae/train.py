@@ -103,13 +103,18 @@ class Trainer:
         """Create every parameter the pair registers by running the objective once."""
         with poutine.trace(param_only=True) as capture:
             self.objective.differentiable_loss(self.model, self.guide, x)
-        params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+        params, seen = {}, set()
+        for name, site in sorted(capture.trace.nodes.items()):
+            tensor = site["value"].unconstrained()
+            if id(tensor) not in seen:  # one module registered under two names (Pyro's example VAE)
+                seen.add(id(tensor))
+                params[name] = tensor
         if not params:
             raise ValueError(
                 "the model and guide register no parameters: wrap networks with pyro.module(name, net) "
                 "or make them PyroModules, and create other parameters with pyro.param"
             )
-        self.params = dict(sorted(params.items()))
+        self.params = params
         self.optimizer = torch.optim.Adam(self.params.values(), lr=self.config.lr)
 
     def state_dict(self) -> dict:
@@ -172,7 +177,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def fit(self, train_x: torch.Tensor, val_x: torch.Tensor | None = None, dynamic: bool = False, resume: bool = False) -> list[dict]:
+    def fit(
+        self, train_x: torch.Tensor, val_x: torch.Tensor | None = None, dynamic: bool = False, resume: bool = False
+    ) -> list[dict]:
         """Train for ``config.epochs`` epochs (in total, counting resumed ones).
 
         ``train_x`` holds intensities if ``dynamic`` (binarised afresh each epoch on the
@@ -191,7 +198,13 @@ class Trainer:
         elif cfg.out:
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
         n = batches.x.shape[0]
-        bar = tqdm(total=cfg.epochs * len(batches), initial=self.epoch * len(batches), disable=not cfg.progress, desc="train", unit="step")
+        bar = tqdm(
+            total=cfg.epochs * len(batches),
+            initial=self.epoch * len(batches),
+            disable=not cfg.progress,
+            desc="train",
+            unit="step",
+        )
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             total = torch.zeros((), device=self.device)
@@ -205,7 +218,9 @@ class Trainer:
                 bar.update()
             train_loss = total.item() / n  # the one read from the device this epoch
             if not math.isfinite(train_loss):
-                raise TrainingError(f"the training loss became {train_loss} in epoch {self.epoch + 1} (step {self.step}); the last checkpoint is kept")
+                raise TrainingError(
+                    f"the training loss became {train_loss} in epoch {self.epoch + 1} (step {self.step}); the last checkpoint is kept"
+                )
             seconds = time.perf_counter() - start
             self.epoch += 1
             row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}

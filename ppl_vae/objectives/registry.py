@@ -7,7 +7,8 @@ A spec is ``name`` or ``name:key=value,key=value`` (``"iwae:k=50"``,
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyro.infer
 

@@ -1,0 +1,20 @@
+import os
+
+import pyro
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+# PPL_VAE_DEVICE=cuda reruns the device-aware tests on a GPU (like Pyro's PYRO_DEVICE)
+DEVICE = os.environ.get("PPL_VAE_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    torch.set_num_threads(2)
+    yield
+    pyro.clear_param_store()

@@ -1,0 +1,100 @@
+"""The ppl-vae command line end to end, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ppl_vae.cli import main
+
+
+def test_train_then_evaluate_writes_json_and_pictures(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "2",
+                "--hidden",
+                "32",
+                "--z-dim",
+                "3",
+                "--test-k",
+                "20",
+                "--eval-k",
+                "5",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "test log p(x)" in table and "K=20" in table and "time per epoch" in table
+    result = json.loads((out / "result.json").read_text())
+    assert {"log_px", "log_px_se", "k", "train_loss", "val_elbo", "seconds_per_epoch", "device"} <= set(result)
+    assert result["k"] == 20 and result["log_px"] >= result["test_elbo"] - 1.0
+    for png in ("reconstructions.png", "samples.png"):
+        assert (out / png).stat().st_size > 100
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--k", "30", "--no-progress", "--device", "cpu"]) == 0
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["k"] == 30 and {"log_px", "log_px_se"} <= set(evaluation)
+    assert abs(evaluation["log_px"] - result["log_px"]) < 3.0
+    # resume to 3 epochs in total continues the same run
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "3",
+                "--hidden",
+                "32",
+                "--z-dim",
+                "3",
+                "--test-k",
+                "5",
+                "--eval-k",
+                "5",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    assert len(json.loads((out / "result.json").read_text())["history"]) == 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "/nonexistent/checkpoint.pt"], "does not exist"),
+        (["train", "--dataset", "mnist", "--epochs", "1"], "pass data_dir"),
+        (["train", "--objective", "nope", "--epochs", "1"], "unknown objective 'nope'"),
+        (["train", "--device", "cuda:7", "--epochs", "1"], "cuda"),
+        (["train", "--epochs", "0"], "epochs must be at least 1"),
+    ],
+)
+def test_errors_are_one_clear_line(argv, message, tmp_path, capsys):
+    assert main([*argv[:1], *argv[1:], *(["--out", str(tmp_path)] if argv[0] == "train" else [])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_help_explains_every_option():
+    proc = subprocess.run([sys.executable, "-m", "ppl_vae.cli", "train", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for option in ("--dataset", "--data-dir", "--objective", "--resume", "--test-k", "--device", "--binarize"):
+        assert option in proc.stdout

@@ -1,0 +1,44 @@
+"""CUDA runs of the trainer and the estimator; skipped cleanly without a GPU."""
+
+import pytest
+import torch
+from conftest import requires_cuda
+from helpers import ShiftedPosteriorGuide, correlated_linear_gaussian
+from ppl_vae.guides import MeanFieldGuide
+from ppl_vae.models import VAE
+
+from ppl_vae import TrainConfig, Trainer, log_px
+from ppl_vae.data import load_dataset
+from ppl_vae.device import resolve_device
+
+
+def test_asking_for_cuda_without_one_is_an_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+@requires_cuda
+def test_estimator_on_cuda_matches_the_exact_marginal():
+    lg = correlated_linear_gaussian().cuda()
+    x = lg.sample_data(200, seed=1)
+    assert x.is_cuda
+    est = log_px(lg, lg.exact_guide, x, k=64)
+    assert torch.allclose(est.per_point, lg.log_marginal(x).cpu(), atol=5e-4)
+    mismatched = log_px(lg, ShiftedPosteriorGuide(lg), x, k=2000, chunk_k=500)
+    assert abs(mismatched.log_px - lg.log_marginal(x).mean().item()) < 3 * mismatched.mc_se + 0.01
+
+
+@requires_cuda
+@pytest.mark.parametrize("objective", ["elbo", "iwae:k=5"])
+def test_training_on_cuda_keeps_data_on_the_device(objective):
+    data = load_dataset("mnist5k")
+    model, guide = VAE(z_dim=5, hidden=(64,)), MeanFieldGuide(z_dim=5, hidden=(64,))
+    trainer = Trainer(
+        model, guide, TrainConfig(epochs=2, objective=objective, device="cuda", eval_every=1, eval_k=10, progress=False)
+    )
+    history = trainer.fit(data.train.x[:1000], data.eval_x("val")[:200], dynamic=True)
+    assert next(model.parameters()).is_cuda
+    assert history[-1]["val_elbo"] > history[0]["val_elbo"]

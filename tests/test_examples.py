@@ -1,0 +1,50 @@
+"""Every example runs with tiny settings, in a subprocess, and none is left out."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+TINY = {
+    "custom_model.py": ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--hidden", "32", "--device", "cpu"],
+}
+
+
+def test_every_example_is_smoke_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(TINY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_example_runs(name, tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *TINY[name], "--json", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert rows and all(r["log_px"] < 0 and r["k"] > 0 for r in rows)
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH_TINY = {"train_speed.py": ["--epochs", "2", "--n", "200", "--hidden", "32", "--device", "cpu"]}
+
+
+def test_every_benchmark_is_smoke_tested():
+    assert sorted(p.name for p in BENCHMARKS.glob("*.py")) == sorted(BENCH_TINY)
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_TINY))
+def test_benchmark_runs(name, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *BENCH_TINY[name], "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())
