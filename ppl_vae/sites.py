@@ -50,8 +50,13 @@ class SiteTerms:
     observed: list[str]
     data_scale: float
     reparameterized: bool
+    num_particles: int
+    particle_dim: int
     guide_trace: poutine.Trace = field(repr=False)
     model_trace: poutine.Trace = field(repr=False)
+    model_fn: object = field(repr=False, default=None)
+    args: tuple = field(repr=False, default=())
+    kwargs: dict = field(repr=False, default_factory=dict)
 
     @property
     def latent(self) -> list[str]:
@@ -68,6 +73,14 @@ class SiteTerms:
     def log_guide(self) -> torch.Tensor:
         """Sum of guide sites' log q(z | x), ``(K, B)``."""
         return _sum_terms(list(self.guide_terms.values()), self)
+
+    def reduce(self, name: str, value: torch.Tensor, guide: bool = False, trailing: int = 0) -> torch.Tensor:
+        """Reduce a per-site tensor of site ``name`` to ``(K, B)`` as its log-density was."""
+        site = (self.guide_trace if guide else self.model_trace).nodes[name]
+        return self.reduce_site(site, value, "guide" if guide else "model", trailing)
+
+    def reduce_site(self, site: dict, value: torch.Tensor, where: str = "model", trailing: int = 0) -> torch.Tensor:
+        return reduce_to_points(site, value, self.num_particles, self.particle_dim, self.data_scale, where, trailing)
 
     def log_weights(self) -> torch.Tensor:
         """Importance log-weights ``log p(x, z) - log q(z | x)``, shape ``(K, B)``."""
@@ -120,31 +133,49 @@ def data_subsample_scale(trace: poutine.Trace) -> float:
     return site["fn"].size / site["value"].shape[0]
 
 
-def _reduce_site(site: dict, where: str, num_particles: int, particle_dim: int, data_scale: float):
-    """(K, B) log-density of one site and its extra weight (None when 1)."""
+def reduce_to_points(
+    site: dict,
+    log_p: torch.Tensor,
+    num_particles: int,
+    particle_dim: int,
+    data_scale: float,
+    where: str = "model",
+    trailing: int = 0,
+) -> torch.Tensor:
+    """A site's log-density (or any per-site quantity with its batch shape) as ``(K, B)``.
+
+    Sums every dimension but the particle and data plate dimensions, applies the site's
+    mask and its scale divided by the data subsample scale (beta, warm-up and other
+    weights stay; N/B does not). ``trailing`` dims on the right (per-dimension terms)
+    are kept: the result is then ``(K, B, *trailing_shape)``.
+    """
     frame = _data_frame(site, where)
-    log_p = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None and site["mask"] is not True:
-        mask = site["mask"]
-        if isinstance(mask, torch.Tensor):
-            log_p = torch.where(mask, log_p, log_p.new_zeros(()))
-        elif mask is False:
-            log_p = torch.zeros_like(log_p)
-    ndim = max(log_p.dim(), -particle_dim, -frame.dim)
-    log_p = log_p.reshape((1,) * (ndim - log_p.dim()) + log_p.shape)
-    p_axis, d_axis = ndim + particle_dim, ndim + frame.dim
+    tail = log_p.shape[log_p.dim() - trailing :] if trailing else torch.Size()
+    if trailing:
+        log_p = log_p.movedim(tuple(range(-trailing, 0)), tuple(range(trailing)))  # batch dims to the right
+    mask = site["mask"]
+    if isinstance(mask, torch.Tensor):
+        log_p = torch.where(mask, log_p, log_p.new_zeros(()))
+    elif mask is False:
+        log_p = torch.zeros_like(log_p)
+    lead = trailing
+    ndim = max(log_p.dim() - lead, -particle_dim, -frame.dim)
+    log_p = log_p.reshape(tail + (1,) * (ndim - (log_p.dim() - lead)) + log_p.shape[lead:])
+    p_axis, d_axis = lead + ndim + particle_dim, lead + ndim + frame.dim
     batch = log_p.shape[d_axis]
-    other = [a for a in range(ndim) if a not in (p_axis, d_axis)]
+    other = [a for a in range(lead, lead + ndim) if a not in (p_axis, d_axis)]
     if other:
         log_p = log_p.sum(other, keepdim=True)
-    log_p = log_p.reshape(log_p.shape[p_axis], batch).expand(num_particles, batch)
+    log_p = log_p.reshape(tail + (log_p.shape[p_axis], batch)).expand(tail + (num_particles, batch))
+    if trailing:
+        log_p = log_p.movedim(tuple(range(trailing)), tuple(range(-trailing, 0)))
     weight = site["scale"] / data_scale
-    if not isinstance(weight, torch.Tensor) and abs(weight - 1.0) < 1e-12:
-        return log_p, None
-    return log_p, weight
+    if isinstance(weight, torch.Tensor) or abs(weight - 1.0) > 1e-12:
+        log_p = weight * log_p
+    return log_p
 
 
-def _vectorized(fn, num_particles: int, dim: int):
+def vectorized(fn, num_particles: int, dim: int):
     def wrapped(*args, **kwargs):
         with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim):
             return fn(*args, **kwargs)
@@ -162,8 +193,8 @@ def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: i
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     particle_dim = -max_plate_nesting - 1
-    guide_trace = poutine.trace(_vectorized(guide, num_particles, particle_dim)).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(_vectorized(model, num_particles, particle_dim), trace=guide_trace)).get_trace(
+    guide_trace = poutine.trace(vectorized(guide, num_particles, particle_dim)).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(vectorized(model, num_particles, particle_dim), trace=guide_trace)).get_trace(
         *args, **kwargs
     )
     data_scale = data_subsample_scale(model_trace)
@@ -186,8 +217,8 @@ def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: i
                 )
             if where == "guide" and not getattr(site["fn"], "has_rsample", False):
                 reparameterized = False
-            log_p, weight = _reduce_site(site, where, num_particles, particle_dim, data_scale)
-            out[name] = log_p if weight is None else weight * log_p
+            log_p = site["fn"].log_prob(site["value"])
+            out[name] = reduce_to_points(site, log_p, num_particles, particle_dim, data_scale, where)
     extra = sorted(set(guide_terms) - set(model_terms))
     if extra:
         raise ContractError(f"guide sites {extra} do not appear in the model")
@@ -199,6 +230,11 @@ def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: i
         observed=observed,
         data_scale=data_scale,
         reparameterized=reparameterized,
+        num_particles=num_particles,
+        particle_dim=particle_dim,
+        model_fn=model,
+        args=args,
+        kwargs=kwargs,
         guide_trace=guide_trace,
         model_trace=model_trace,
     )

@@ -208,7 +208,10 @@ class Trainer:
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             total = torch.zeros((), device=self.device)
+            set_progress = getattr(self.objective, "set_progress", None)  # schedules (KL warm-up)
             for xb in batches.epoch():
+                if set_progress is not None:
+                    set_progress(self.step, self.epoch)
                 loss = self.objective.differentiable_loss(self.model, self.guide, xb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

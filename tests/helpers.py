@@ -39,3 +39,32 @@ def subsampled(lg: LinearGaussian, x: torch.Tensor, idx: torch.Tensor, guide=Non
             pyro.sample("z", lg.posterior(x[idx]))
 
     return model, guide or exact
+
+
+class AffineGuide(nn.Module):
+    """q(z|x) = N(M x + c, diag(s^2)) with learnable M, c, log s: exact for a diagonal posterior."""
+
+    def __init__(self, x_dim, z_dim, lg: LinearGaussian | None = None):
+        super().__init__()
+        self.M = nn.Parameter(0.1 * torch.randn(z_dim, x_dim))
+        self.c = nn.Parameter(torch.zeros(z_dim))
+        self.log_s = nn.Parameter(torch.zeros(z_dim))
+        if lg is not None:  # start at the exact posterior (only exact when it is diagonal)
+            with torch.no_grad():
+                cov = torch.linalg.inv(lg.posterior_precision())
+                self.M.copy_(cov @ lg.W.T / lg.sigma**2)
+                self.c.copy_(-(self.M @ lg.b))
+                self.log_s.copy_(cov.diagonal().sqrt().log())
+
+    def forward(self, x):
+        pyro.module("guide", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ self.M.T + self.c, self.log_s.exp()).to_event(1))
+
+
+def diagonal_posterior_linear_gaussian(x_dim=6, z_dim=3, seed=0):
+    """W with orthogonal columns, so the exact posterior is diagonal."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(x_dim, z_dim, generator=gen))
+    W = q * torch.tensor([2.0, 1.0, 0.5][:z_dim])
+    return LinearGaussian(x_dim, z_dim, W=W, sigma=0.8, seed=seed)

@@ -21,7 +21,7 @@ def test_spec_parsing_and_errors():
     with pytest.raises(ValueError, match="key=value"):
         get_objective("iwae:k")
     with pytest.raises(ValueError, match="does not take"):
-        get_objective("iwae:beta=2")
+        get_objective("iwae:gamma=2")
     with pytest.raises(ValueError, match="positive integer"):
         get_objective("iwae:k=0")
 

@@ -18,9 +18,21 @@ from __future__ import annotations
 
 import math
 
+import pyro.poutine as poutine
 import torch
 
-from ..sites import SiteTerms, guess_max_plate_nesting, site_terms
+from ..sites import SiteTerms, guess_max_plate_nesting, site_terms, vectorized
+
+
+def path_only(fn, value: torch.Tensor) -> torch.Tensor:
+    """``log fn(value)`` whose gradient holds only the path through ``value``.
+
+    ``log q(z; phi) - [log q(sg z; phi) - sg(.)]``: same value, the score term at fixed
+    z subtracted. Works for any distribution, flows included.
+    """
+    log_q = fn.log_prob(value)
+    at_fixed = fn.log_prob(value.detach())
+    return log_q - (at_fixed - at_fixed.detach())
 
 
 class PerPointObjective:
@@ -111,3 +123,40 @@ class RenyiBound(PerPointObjective):
 
     def __repr__(self):
         return f"RenyiBound(alpha={self.alpha}, k={self.num_particles})"
+
+
+class DReG(PerPointObjective):
+    r"""IWAE bound with the doubly reparameterised gradient of Tucker et al. (2018).
+
+    Value: the IWAE bound. Gradient: for the guide, :math:`\sum_k \tilde w_k^2
+    \,\partial \log w_k / \partial z_k \,\partial z_k / \partial \phi` (path only); for the
+    model, the ordinary :math:`\sum_k \tilde w_k \nabla_\theta \log p(x, z_k)`. The model
+    is replayed once more at the detached samples to separate the two.
+    """
+
+    def point_surrogate(self, terms):
+        log_w = terms.log_weights()
+        bound = log_mean_exp(log_w)
+        w = torch.softmax(log_w.detach(), dim=0)
+        path_log_w = terms.log_likelihood() + terms.log_prior()
+        for name in terms.guide_terms:
+            site = terms.guide_trace.nodes[name]
+            path_log_w = path_log_w - terms.reduce(name, path_only(site["fn"], site["value"]), guide=True)
+        fixed_z = self._model_at_detached_samples(terms)
+        # guide: w^2 on the path derivative; model: w on log p, undoing the w^2 the first term gave it
+        surrogate = (w**2 * path_log_w).sum(0) + ((w - w**2) * fixed_z).sum(0)
+        return bound, surrogate
+
+    def _model_at_detached_samples(self, terms) -> torch.Tensor:
+        """log p(x, sg z) per particle and point: gradient to the model's parameters only."""
+        detached = terms.guide_trace.copy()
+        for site in detached.nodes.values():
+            if site["type"] == "sample":
+                site["value"] = site["value"].detach()
+        model = vectorized(terms.model_fn, terms.num_particles, terms.particle_dim)
+        trace = poutine.trace(poutine.replay(model, trace=detached)).get_trace(*terms.args, **terms.kwargs)
+        total = 0.0
+        for name in terms.model_terms:
+            site = trace.nodes[name]
+            total = total + terms.reduce_site(site, site["fn"].log_prob(site["value"]))
+        return total

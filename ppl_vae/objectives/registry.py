@@ -1,8 +1,11 @@
 """One registry of named objectives, looked up from Python and the CLI alike.
 
-A spec is ``name`` or ``name:key=value,key=value`` (``"iwae:k=50"``,
-``"vr:alpha=0.5,k=5"``). Adding an objective is one factory and one line in
-:data:`OBJECTIVES`.
+A spec is ``name`` or ``name:key=value,key=value``: ``"iwae:k=50"``,
+``"vr:alpha=0.5,k=5"``, ``"elbo:beta=4"``, ``"iwae:k=5,warmup=1000"``,
+``"elbo:free_bits=0.25,free_bits_per=dim"``. Modifiers (``beta``, ``warmup`` in
+steps, ``warmup_epochs``) combine with every objective; ``free_bits`` with the
+single-sample-bound family (``elbo``, ``meanfield``, ``stl``). Adding an objective is
+one factory and one line in :data:`OBJECTIVES`.
 """
 
 from __future__ import annotations
@@ -12,39 +15,46 @@ from typing import Any
 
 import pyro.infer
 
-from .importance import IWAE, RenyiBound
+from .elbo import STL, FreeBitsELBO
+from .importance import IWAE, DReG, RenyiBound
+from .modifiers import LatentScaled
+from .pyro_elbos import AnalyticKLELBO, JitTraceELBO
 
 
-def _elbo(k: int = 1, max_plate_nesting: int | None = None):
+def _pyro_kw(k, max_plate_nesting):
     kw: dict[str, Any] = {"num_particles": k, "vectorize_particles": k > 1}
     if max_plate_nesting is not None:
         kw["max_plate_nesting"] = max_plate_nesting
-    return pyro.infer.Trace_ELBO(**kw)
+    return kw
 
 
-def _meanfield(k: int = 1, max_plate_nesting: int | None = None):
-    kw: dict[str, Any] = {"num_particles": k, "vectorize_particles": k > 1}
-    if max_plate_nesting is not None:
-        kw["max_plate_nesting"] = max_plate_nesting
-    return pyro.infer.TraceMeanField_ELBO(**kw)
-
-
-def _iwae(k: int = 5, max_plate_nesting: int | None = None):
-    return IWAE(num_particles=k, max_plate_nesting=max_plate_nesting)
-
-
-def _vr(alpha: float = 0.5, k: int = 5, max_plate_nesting: int | None = None):
-    return RenyiBound(alpha=alpha, num_particles=k, max_plate_nesting=max_plate_nesting)
+def _elbo(k: int = 1, max_plate_nesting=None):
+    return pyro.infer.Trace_ELBO(**_pyro_kw(k, max_plate_nesting))
 
 
 OBJECTIVES: dict[str, Callable[..., Any]] = {
     "elbo": _elbo,
-    "meanfield": _meanfield,
-    "iwae": _iwae,
-    "vr": _vr,
+    "meanfield": lambda k=1, max_plate_nesting=None: AnalyticKLELBO(k, max_plate_nesting),
+    "iwae": lambda k=5, max_plate_nesting=None: IWAE(k, max_plate_nesting),
+    "vr": lambda alpha=0.5, k=5, max_plate_nesting=None: RenyiBound(alpha, k, max_plate_nesting),
+    "dreg": lambda k=5, max_plate_nesting=None: DReG(k, max_plate_nesting),
+    "stl": lambda k=1, max_plate_nesting=None: STL(k, max_plate_nesting),
+    "jit_elbo": lambda k=1, max_plate_nesting=None: JitTraceELBO(k, max_plate_nesting),
+    "jit_meanfield": lambda k=1, max_plate_nesting=None: AnalyticKLELBO(k, max_plate_nesting, jit=True),
 }
 
-_PARAM_TYPES = {"k": int, "alpha": float}
+MODIFIERS = ("beta", "warmup", "warmup_epochs")
+FREE_BITS = ("free_bits", "free_bits_per")
+FREE_BITS_OK = {"elbo": False, "meanfield": True, "stl": False}  # name -> analytic KL
+_PARAM_TYPES: dict[str, type] = {
+    "k": int,
+    "alpha": float,
+    "beta": float,
+    "warmup": int,
+    "warmup_epochs": int,
+    "free_bits": float,
+    "free_bits_per": str,
+}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -69,7 +79,27 @@ def get_objective(spec: str, **overrides):
     """Build the objective named by ``spec`` (see module docstring)."""
     name, params = parse_spec(spec)
     params.update(overrides)
+    modifiers = {k: params.pop(k) for k in MODIFIERS if k in params}
+    free_bits = {k: params.pop(k) for k in FREE_BITS if k in params}
     try:
-        return OBJECTIVES[name](**params)
+        if free_bits:
+            if name not in FREE_BITS_OK:
+                raise ValueError(
+                    f"free bits floor the KL term of an ELBO; '{name}' has no separate KL term (use elbo, meanfield or stl)"
+                )
+            if "free_bits" not in free_bits:
+                raise ValueError("free_bits_per needs free_bits=LAMBDA")
+            objective = FreeBitsELBO(
+                free_bits["free_bits"],
+                free_bits.get("free_bits_per", "site"),
+                analytic=FREE_BITS_OK[name],
+                num_particles=params.pop("k", 1),
+                **params,
+            )
+        else:
+            objective = OBJECTIVES[name](**params)
     except TypeError as err:
         raise ValueError(f"objective '{name}' does not take those parameters ({spec}): {err}") from None
+    if modifiers:
+        objective = LatentScaled(objective, **modifiers)
+    return objective
