@@ -14,12 +14,12 @@ import json
 import time
 
 import torch
-from ppl_vae.guides import MeanFieldGuide
-from ppl_vae.models import VAE
 from torch import nn
 
 from ppl_vae import TrainConfig, Trainer, load_dataset
 from ppl_vae.device import resolve_device
+from ppl_vae.guides import MeanFieldGuide
+from ppl_vae.models import VAE
 from ppl_vae.nn import bounded_scale
 
 

@@ -3,8 +3,9 @@
 import pyro
 import pyro.distributions as dist
 import torch
-from ppl_vae.models import LinearGaussian
 from torch import nn
+
+from ppl_vae.models import LinearGaussian
 
 
 def correlated_linear_gaussian(x_dim=6, z_dim=2, seed=0):

@@ -2,14 +2,15 @@
 
 import pytest
 import torch
-from conftest import requires_cuda
-from helpers import ShiftedPosteriorGuide, correlated_linear_gaussian
-from ppl_vae.guides import MeanFieldGuide
-from ppl_vae.models import VAE
 
 from ppl_vae import TrainConfig, Trainer, log_px
 from ppl_vae.data import load_dataset
 from ppl_vae.device import resolve_device
+from ppl_vae.guides import MeanFieldGuide
+from ppl_vae.models import VAE
+
+from conftest import requires_cuda
+from helpers import ShiftedPosteriorGuide, correlated_linear_gaussian
 
 
 def test_asking_for_cuda_without_one_is_an_error():

@@ -7,9 +7,10 @@ import pyro
 import pytest
 import torch
 
-from helpers import AffineGuide, ShiftedPosteriorGuide, correlated_linear_gaussian, diagonal_posterior_linear_gaussian
 from ppl_vae.objectives import AnalyticKLELBO, get_objective, latent_kl
 from ppl_vae.sites import site_terms
+
+from helpers import AffineGuide, ShiftedPosteriorGuide, correlated_linear_gaussian, diagonal_posterior_linear_gaussian
 
 
 def _grads(objective, model, guide, x, seed, params):

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
-from helpers import ShiftedPosteriorGuide, correlated_linear_gaussian
 
 from ppl_vae import log_px
 from ppl_vae.sites import ContractError
+
+from helpers import ShiftedPosteriorGuide, correlated_linear_gaussian
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ import pyro
 import pyro.infer
 import pytest
 import torch
-from helpers import ShiftedPosteriorGuide, correlated_linear_gaussian, subsampled
 
 from ppl_vae.objectives import IWAE, OBJECTIVES, RenyiBound, get_objective, parse_spec
+
+from helpers import ShiftedPosteriorGuide, correlated_linear_gaussian, subsampled
 
 
 def test_spec_parsing_and_errors():

@@ -4,14 +4,15 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import DEVICE
-from ppl_vae.guides import MeanFieldGuide
-from ppl_vae.models import VAE
 from torch import nn
 
 from ppl_vae import TrainConfig, Trainer, log_px
 from ppl_vae.checkpoint import CheckpointError, load_checkpoint
 from ppl_vae.data import load_dataset
+from ppl_vae.guides import MeanFieldGuide
+from ppl_vae.models import VAE
+
+from conftest import DEVICE
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import warnings
 
 import pyro.infer
-import torch
 import pyro.poutine as poutine
+import torch
 from pyro.distributions.kl import kl_divergence
 
 
