@@ -4,12 +4,14 @@ from functools import partial
 
 from .flows import FLOWS, FlowGuide
 from .full_cov import FullCovGuide
+from .hierarchical import HierarchicalGuide
 from .mean_field import MeanFieldGuide
 
 GUIDES = {
     "mean_field": MeanFieldGuide,
     "full_cov": FullCovGuide,
+    "hierarchical": HierarchicalGuide,
     **{flow: partial(FlowGuide, flow=flow) for flow in FLOWS},
 }
 
-__all__ = ["FLOWS", "GUIDES", "FlowGuide", "FullCovGuide", "MeanFieldGuide"]
+__all__ = ["FLOWS", "GUIDES", "FlowGuide", "FullCovGuide", "HierarchicalGuide", "MeanFieldGuide"]

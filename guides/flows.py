@@ -28,7 +28,7 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-from ppl_vae.nn import MLP, bounded_scale
+from ppl_vae.nn import bounded_scale, make_encoder
 
 FLOWS = ("iaf", "planar", "radial", "householder")
 
@@ -56,6 +56,7 @@ class FlowGuide(nn.Module):
         num_flows: number of flow steps.
         flow_hidden: hidden widths of each step's network (MADE for IAF).
         context_dim: size of the context vector h the encoder emits.
+        network: ``"mlp"`` or ``"conv"`` (28x28 images) encoder.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class FlowGuide(nn.Module):
         context_dim: int | None = None,
         activation: str = "relu",
         site: str = "z",
+        network: str = "mlp",
     ):
         super().__init__()
         if flow not in FLOWS:
@@ -78,7 +80,7 @@ class FlowGuide(nn.Module):
         self.x_dim, self.z_dim, self.site, self.flow = x_dim, z_dim, site, flow
         self.context_dim = context_dim or max(z_dim, 8)
         flow_hidden = list(flow_hidden) if flow_hidden is not None else [max(4 * z_dim, 32)]
-        self.encoder = MLP(x_dim, list(hidden), 2 * z_dim + self.context_dim, activation)
+        self.encoder = make_encoder(network, x_dim, list(hidden), 2 * z_dim + self.context_dim, activation)
         self.steps = nn.ModuleList(_make_step(flow, z_dim, self.context_dim, flow_hidden) for _ in range(num_flows))
         self.register_buffer("reverse", torch.arange(z_dim - 1, -1, -1))
 

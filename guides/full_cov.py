@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ppl_vae.nn import MLP, bounded_scale
+from ppl_vae.nn import bounded_scale, make_encoder
 
 
 class FullCovGuide(nn.Module):
@@ -29,15 +29,22 @@ class FullCovGuide(nn.Module):
         x_dim, z_dim: data and latent dimensions.
         hidden: encoder hidden widths.
         site: name of the latent site.
+        network: ``"mlp"`` or ``"conv"`` (28x28 images) encoder.
     """
 
     def __init__(
-        self, x_dim: int = 784, z_dim: int = 10, hidden: Sequence[int] = (400,), activation: str = "relu", site: str = "z"
+        self,
+        x_dim: int = 784,
+        z_dim: int = 10,
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        site: str = "z",
+        network: str = "mlp",
     ):
         super().__init__()
         self.x_dim, self.z_dim, self.site = x_dim, z_dim, site
         n_off = z_dim * (z_dim - 1) // 2
-        self.encoder = MLP(x_dim, list(hidden), 2 * z_dim + n_off, activation)
+        self.encoder = make_encoder(network, x_dim, list(hidden), 2 * z_dim + n_off, activation)
         rows, cols = torch.tril_indices(z_dim, z_dim, offset=-1)
         self.register_buffer("rows", rows)
         self.register_buffer("cols", cols)

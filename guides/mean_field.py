@@ -25,6 +25,7 @@ class MeanFieldGuide(nn.Module):
         z_dim: latent dimension (must match the model's).
         hidden: encoder hidden widths, from x upward.
         site: name of the latent site it proposes for.
+        network: ``"mlp"`` or ``"conv"`` (28x28 images) encoder.
     """
 
     def __init__(
@@ -34,10 +35,11 @@ class MeanFieldGuide(nn.Module):
         hidden: Sequence[int] = (400,),
         activation: str = "relu",
         site: str = "z",
+        network: str = "mlp",
     ):
         super().__init__()
         self.x_dim, self.z_dim, self.site = x_dim, z_dim, site
-        self.encoder = GaussianHead(x_dim, list(hidden), z_dim, activation)
+        self.encoder = GaussianHead(x_dim, list(hidden), z_dim, activation, network)
 
     def posterior(self, x: torch.Tensor):
         loc, scale = self.encoder(x)

@@ -2,36 +2,38 @@ r"""The variational autoencoder's generative model as a Pyro model.
 
 .. math::
 
-    z \sim \mathcal{N}(0, I_d), \qquad x \mid z \sim p_\theta(x \mid \mathrm{dec}_\theta(z))
+    z \sim p(z), \qquad x \mid z \sim p_\theta(x \mid \mathrm{dec}_\theta(z))
 
 The module is the model: ``VAE(...)(x)`` runs it. The data set sits in the one
 ``pyro.plate("data")``; the latent site is ``"z"`` and the observed site ``"x"``.
+The prior is chosen by name (see :mod:`ppl_vae.models.priors`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ppl_vae.nn import MLP
+from ppl_vae.nn import make_decoder
 
 from .likelihoods import make_likelihood
+from .priors import PRIORS
 
 
 class VAE(nn.Module):
-    """Standard-normal prior, MLP decoder and a likelihood chosen by name.
+    """A prior, a decoder network and a likelihood, each chosen by name.
 
     Args:
         x_dim: data dimension (784 for flattened 28x28 images).
         z_dim: latent dimension.
-        hidden: decoder hidden widths, from z upward.
+        hidden: decoder hidden widths, from x downward (mirrors the encoder's).
         likelihood: ``"bernoulli"`` (binary data), ``"gaussian"`` (learned variance)
             or ``"continuous_bernoulli"`` (intensities in [0, 1]).
-        activation: hidden nonlinearity.
+        prior: ``"normal"``, ``"vamp"``, ``"flow"`` or ``"acn"``; ``prior_kwargs`` go to it.
+        network: ``"mlp"`` or ``"conv"`` (28x28 images) decoder.
 
     >>> model = VAE(x_dim=784, z_dim=10)
     >>> # model(x) is the Pyro model; pair it with guides.MeanFieldGuide(784, 10)
@@ -44,18 +46,46 @@ class VAE(nn.Module):
         hidden: Sequence[int] = (400,),
         likelihood: str = "bernoulli",
         activation: str = "relu",
+        prior: str = "normal",
+        prior_kwargs: dict | None = None,
+        network: str = "mlp",
     ):
         super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior '{prior}'; known: {', '.join(PRIORS)}")
         self.x_dim, self.z_dim = x_dim, z_dim
         self.likelihood = make_likelihood(likelihood, x_dim)
-        self.decoder = MLP(z_dim, list(reversed(list(hidden))), x_dim * self.likelihood.outputs_per_dim, activation)
+        self.decoder = make_decoder(
+            network, z_dim, list(reversed(list(hidden))), x_dim * self.likelihood.outputs_per_dim, activation
+        )
+        kwargs = dict(prior_kwargs or {})
+        if prior == "vamp":
+            kwargs.setdefault("x_dim", x_dim)
+        self.prior = PRIORS[prior](z_dim, **kwargs)
 
-    def prior(self, x: torch.Tensor):
-        zeros = x.new_zeros(self.z_dim)
-        return dist.Normal(zeros, zeros + 1.0).to_event(1)
+    def attach_guide(self, guide) -> None:
+        """Give a prior that reads the guide (vamp, acn) its guide; a no-op for the others."""
+        if hasattr(self.prior, "attach_guide"):
+            self.prior.attach_guide(guide)
+
+    def refresh(self, x_train: torch.Tensor) -> None:
+        """Per-epoch refresh of data-dependent state (the ACN code bank); the trainer calls it."""
+        if hasattr(self.prior, "refresh"):
+            self.prior.refresh(x_train)
 
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("model", self)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self.likelihood(self.decoder(z)).mean
+
+    @torch.no_grad()
+    def sample_images(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """Means of p(x | z) at n unconditional draws; the ACN prior samples by its chain."""
+        if hasattr(self.prior, "chain"):
+            return self.prior.chain(self.decode_mean, n)
+        return self.decode_mean(self.prior(like[:1]).sample((n,)).reshape(n, self.z_dim))

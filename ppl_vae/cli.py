@@ -1,4 +1,4 @@
-"""``ppl-vae`` command line: train, evaluate, compare.
+"""``ppl-vae`` command line: train, evaluate, compare, sample.
 
 Every command prints a readable table and writes the same numbers as JSON. Known
 errors (bad names, missing files, incompatible checkpoints) end with one line
@@ -30,7 +30,7 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     """Options shared by train and compare: data, networks, budget, seed, output."""
     from .data import BINARIZE_MODES, LOADERS
     from .guides import GUIDES
-    from .models import LIKELIHOODS, MODELS
+    from .models import LIKELIHOODS, MODELS, PRIORS
 
     p.add_argument(
         "--dataset",
@@ -48,7 +48,30 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)",
     )
     p.add_argument("--model", default="vae", choices=sorted(MODELS), help="generative model (default: vae)")
-    p.add_argument("--guide", default="mean_field", choices=sorted(GUIDES), help="amortized guide q(z|x) (default: mean_field)")
+    p.add_argument(
+        "--guide",
+        default=None,
+        choices=sorted(GUIDES),
+        help="amortized guide q(z|x) (default: hierarchical for the hierarchical model, else mean_field)",
+    )
+    p.add_argument(
+        "--prior",
+        default="normal",
+        choices=sorted(PRIORS),
+        help="prior of the vae model: normal, vamp (VampPrior), flow (autoregressive flow), acn (nearest-neighbour prior of associative compression networks) (default: normal)",
+    )
+    p.add_argument(
+        "--network",
+        default="mlp",
+        choices=["mlp", "conv"],
+        help="encoder and decoder networks of the vae model and its guide; conv needs 28x28 images (default: mlp)",
+    )
+    p.add_argument(
+        "--z-dims",
+        type=_int_list,
+        default=None,
+        help="stochastic layer sizes of the hierarchical model from the data upward (default: 100,50 as Burda et al. 2016)",
+    )
     p.add_argument(
         "--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS), help="p(x|z) of the vae model (default: bernoulli)"
     )
@@ -110,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--guides", default=None, help="comma-separated guides to cross with the objectives (default: --guide)")
     c.add_argument("--models", default=None, help="comma-separated models to cross with the objectives (default: --model)")
 
+    sp = sub.add_parser(
+        "sample",
+        help="draw samples and reconstructions from a checkpoint",
+        description="Write samples.png (unconditional samples; the ACN prior samples by its chain through the prior network) and reconstructions.png (test data and their reconstructions) for a trained checkpoint.",
+    )
+    sp.add_argument("checkpoint", help="checkpoint file written by ppl-vae train (or its folder)")
+    sp.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sp.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    _add_common(sp)
+
     e = sub.add_parser(
         "evaluate",
         help="score a checkpoint",
@@ -135,22 +169,31 @@ def split_specs(text: str) -> list[str]:
     return specs
 
 
+def model_options(args) -> dict:
+    """Guide name and the keyword options of model and guide that the flags describe."""
+    if args.model == "hierarchical":
+        layers = {} if args.z_dims is None else {"z_dims": args.z_dims, "hidden": [args.hidden] * len(args.z_dims)}
+        return {
+            "guide": args.guide or "hierarchical",
+            "model_kwargs": {"likelihood": args.likelihood, **layers},
+            "guide_kwargs": dict(layers),
+        }
+    guide_kwargs = {"z_dim": args.z_dim, "hidden": args.hidden}
+    if args.network != "mlp":
+        guide_kwargs["network"] = args.network
+    model_kwargs = (
+        {**guide_kwargs, "likelihood": args.likelihood, "prior": args.prior} if args.model == "vae" else {"z_dim": args.z_dim}
+    )
+    return {"guide": args.guide or "mean_field", "model_kwargs": model_kwargs, "guide_kwargs": guide_kwargs}
+
+
 def _spec_and_config(args, objective: str):
     from .train import TrainConfig
 
     if args.test_k < 1:
         raise ValueError(f"--test-k must be at least 1, got {args.test_k}")
-    spec = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "binarize": args.binarize,
-        "model": args.model,
-        "guide": args.guide,
-        "model_kwargs": {"z_dim": args.z_dim, "hidden": args.hidden},
-        "guide_kwargs": {"z_dim": args.z_dim, "hidden": args.hidden},
-    }
-    if args.model == "vae":
-        spec["model_kwargs"]["likelihood"] = args.likelihood
+    spec = {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize, "model": args.model}
+    spec.update(model_options(args))
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -214,7 +257,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare}
+def cmd_sample(args) -> int:
+    from .device import seed_everything
+    from .experiment import load_trained
+    from .plots import sample, save_grid, save_pictures
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    trainer, data = load_trained(args.checkpoint, device=args.device)
+    seed_everything(args.seed)
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    test_x = data.eval_x("test", trainer.device)
+    paths = save_pictures(trainer.model, trainer.guide, test_x, data.image_shape, out)
+    paths["samples"] = str(save_grid(sample(trainer.model, test_x, args.n), data.image_shape, out / "samples.png"))
+    print(f"wrote {paths['samples']} and {paths['reconstructions']}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "sample": cmd_sample}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ def build_pair(spec: dict[str, Any], x_dim: int):
         guide = GUIDES[guide_name](x_dim=x_dim, **spec.get("guide_kwargs", {}))
     except TypeError as err:
         raise ValueError(f"bad options for model '{model_name}' or guide '{guide_name}': {err}") from None
+    if hasattr(model, "attach_guide"):  # priors that read the guide (vamp, acn)
+        model.attach_guide(guide)
     return model, guide
 
 
@@ -85,6 +87,7 @@ def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 10
 
 def score(trainer: Trainer, data: Dataset, k: int, out: Path | None) -> dict:
     model, guide = trainer.model, trainer.guide
+    trainer._set_training(False)
     test_x = data.eval_x("test", trainer.device)
     start = time.perf_counter()
     est = log_px(model, guide, test_x, k=k, progress=trainer.config.progress)
@@ -152,8 +155,11 @@ def load_trained(path: str | Path, device: str = "auto"):
     data = dataset_of(spec)
     model, guide = build_pair(spec, data.x_dim)
     trainer = Trainer(model, guide, config)
-    first = data.eval_x("val", trainer.device)[:2]
-    trainer._capture_params(first)
+    train_x = train_x_of(data)[0].to(trainer.device)
+    trainer.refresh(train_x)  # data-dependent state must exist before the first trace
+    trainer._capture_params(data.eval_x("val", trainer.device)[:2])
     trainer.load_params({k: v.to(trainer.device) for k, v in state["params"].items()})
     trainer.epoch = state["epoch"]
+    trainer.refresh(train_x)  # and follow the loaded weights
+    trainer._set_training(False)
     return trainer, data

@@ -192,6 +192,7 @@ class Trainer:
         batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic)
         val_x = None if val_x is None else val_x.to(self.device)
         first = train_x[: min(2, len(train_x))].to(self.device)
+        self.refresh(batches.x)
         self._capture_params(torch.bernoulli(first) if dynamic else first)
         if resume:
             self._resume(batches)
@@ -209,6 +210,8 @@ class Trainer:
             start = time.perf_counter()
             total = torch.zeros((), device=self.device)
             set_progress = getattr(self.objective, "set_progress", None)  # schedules (KL warm-up)
+            self._set_training(True)
+            self.refresh(batches.x)
             for xb in batches.epoch():
                 if set_progress is not None:
                     set_progress(self.step, self.epoch)
@@ -235,7 +238,20 @@ class Trainer:
         bar.close()
         return self.history
 
+    def _set_training(self, mode: bool) -> None:
+        for fn in (self.model, self.guide):
+            if isinstance(fn, torch.nn.Module):
+                fn.train(mode)
+
+    def refresh(self, train_x: torch.Tensor) -> None:
+        """Let a model with data-dependent state (the ACN code bank) recompute it from the training data."""
+        refresh = getattr(self.model, "refresh", None)
+        if refresh is not None:
+            with torch.no_grad():
+                refresh(train_x)
+
     def validate(self, val_x: torch.Tensor) -> dict:
+        self._set_training(False)
         terms = elbo_terms(self.model, self.guide, val_x)
         row = {"val_elbo": terms.elbo, "val_rate": terms.rate, "val_distortion": terms.distortion}
         every = self.config.eval_every

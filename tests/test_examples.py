@@ -9,8 +9,10 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
+SMALL = ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--hidden", "32", "--device", "cpu"]
 TINY = {
-    "custom_model.py": ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--hidden", "32", "--device", "cpu"],
+    "custom_model.py": SMALL,
+    "posterior_gap.py": [*SMALL, "--guides", "mean_field,full_cov,iaf,planar"],
 }
 
 

@@ -9,7 +9,7 @@ import torch
 from ppl_vae import TrainConfig, Trainer, elbo_terms, log_px
 from ppl_vae.data import load_dataset
 from ppl_vae.guides import GUIDES
-from ppl_vae.models import VAE, LinearGaussian
+from ppl_vae.models import VAE, HierarchicalVAE, LinearGaussian
 from ppl_vae.objectives import get_objective
 
 W = torch.tensor([[1.0, 0.8], [1.0, 1.2], [0.9, 1.0], [1.1, 1.0], [1.0, 0.9]])
@@ -66,7 +66,11 @@ def mnist_tiny():
 def test_every_guide_trains_and_is_scored_on_mnist5k(mnist_tiny, name, objective):
     train_x, test_x = mnist_tiny
     pyro.set_rng_seed(0)
-    model, guide = VAE(z_dim=4, hidden=(32,)), GUIDES[name](z_dim=4, hidden=(32,))
+    if name == "hierarchical":  # the guide of a model with several latent layers
+        layers = dict(z_dims=(4, 2), hidden=((32,), (16,)))
+        model, guide = HierarchicalVAE(**layers), GUIDES[name](**layers)
+    else:
+        model, guide = VAE(z_dim=4, hidden=(32,)), GUIDES[name](z_dim=4, hidden=(32,))
     history = Trainer(model, guide, TrainConfig(epochs=2, batch_size=50, progress=False, eval_every=0, objective=objective)).fit(
         train_x, test_x, dynamic=True
     )

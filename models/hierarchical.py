@@ -1,0 +1,74 @@
+r"""A VAE with L stochastic layers, z_L -> ... -> z_1 -> x, each conditional a Gaussian from an MLP.
+
+.. math::
+
+    z_L \sim \mathcal{N}(0, I), \quad z_l \mid z_{l+1} \sim \mathcal{N}(\mu_l(z_{l+1}), \mathrm{diag}\,\sigma_l(z_{l+1})^2),
+    \quad x \mid z_1 \sim p(x \mid \mathrm{dec}(z_1))
+
+The defaults are the two-layer network of Burda et al. (2016): 100 stochastic units
+with two deterministic tanh layers of 200 between them and x, 50 stochastic units
+with two of 100 between them and the first layer. Sites are named ``z1`` (next to
+the data) to ``zL``; pair it with :class:`ppl_vae.guides.HierarchicalGuide`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ppl_vae.nn import MLP, GaussianHead
+
+from .likelihoods import make_likelihood
+
+BURDA_Z_DIMS = (100, 50)
+BURDA_HIDDEN = ((200, 200), (100, 100))
+
+
+def check_layers(z_dims: Sequence[int], hidden: Sequence[Sequence[int]]) -> None:
+    if len(z_dims) < 2:
+        raise ValueError(f"a hierarchical model needs at least 2 stochastic layers, got z_dims={list(z_dims)}")
+    if len(hidden) != len(z_dims):
+        raise ValueError(f"hidden needs one list of widths per stochastic layer ({len(z_dims)}), got {len(hidden)}")
+
+
+class HierarchicalVAE(nn.Module):
+    """Args:
+    x_dim: data dimension.
+    z_dims: stochastic layer sizes from the data upward (z1 first).
+    hidden: per layer l, the deterministic widths between layer l-1 (x for l=1) and z_l,
+        listed from the lower side upward; the generative network mirrors them.
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 784,
+        z_dims: Sequence[int] = BURDA_Z_DIMS,
+        hidden: Sequence[Sequence[int]] = BURDA_HIDDEN,
+        activation: str = "tanh",
+        likelihood: str = "bernoulli",
+    ):
+        super().__init__()
+        check_layers(z_dims, hidden)
+        self.x_dim, self.z_dims = x_dim, list(z_dims)
+        self.likelihood = make_likelihood(likelihood, x_dim)
+        self.decoder = MLP(z_dims[0], list(reversed(list(hidden[0]))), x_dim * self.likelihood.outputs_per_dim, activation)
+        # conditionals[l] gives p(z_{l+1} | z_{l+2}) (0-based l), from the layer above downward
+        self.conditionals = nn.ModuleList(
+            GaussianHead(z_dims[l + 1], list(reversed(list(hidden[l + 1]))), z_dims[l], activation)
+            for l in range(len(z_dims) - 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> None:
+        pyro.module("model", self)
+        top = len(self.z_dims)
+        with pyro.plate("data", x.shape[0]):
+            zeros = x.new_zeros(self.z_dims[-1])
+            z = pyro.sample(f"z{top}", dist.Normal(zeros, zeros + 1.0).to_event(1))
+            for level in range(top - 1, 0, -1):
+                loc, scale = self.conditionals[level - 1](z)
+                z = pyro.sample(f"z{level}", dist.Normal(loc, scale).to_event(1))
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)

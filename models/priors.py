@@ -1,0 +1,168 @@
+r"""Priors p(z) for the VAE models, chosen by name.
+
+- ``normal``: :math:`\mathcal{N}(0, I)`.
+- ``vamp``: the VampPrior (Tomczak & Welling 2018),
+  :math:`p(z) = \frac{1}{K}\sum_k q(z \mid u_k)`, a mixture of the guide at K learned
+  pseudo-inputs :math:`u_k`.
+- ``flow``: :math:`\mathcal{N}(0, I)` pushed through learned masked autoregressive steps,
+  oriented so that evaluating :math:`\log p(z)` (what training needs) is one pass.
+- ``acn``: the associative compression network prior (Graves et al. 2018),
+  :math:`p(z \mid c)` from a prior network, with c the code of one of the K nearest
+  neighbours of x's code among the training codes (posterior means, refreshed every
+  epoch). In evaluation mode (``model.eval()``) the prior is the uniform mixture over
+  the K neighbours, so scores do not depend on a random draw.
+
+Priors that read the guide (``vamp``, ``acn``) get it through :meth:`attach_guide`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+from torch import nn
+
+from ppl_vae.nn import MLP, bounded_scale
+
+
+class NormalPrior(nn.Module):
+    def __init__(self, z_dim: int):
+        super().__init__()
+        self.z_dim = z_dim
+
+    def forward(self, x: torch.Tensor):
+        zeros = x.new_zeros(self.z_dim)
+        return dist.Normal(zeros, zeros + 1.0).to_event(1)
+
+
+class _GuideReader(nn.Module):
+    """Holds the guide without registering it as a submodule (the guide registers its own parameters)."""
+
+    def attach_guide(self, guide) -> None:
+        if not hasattr(guide, "posterior"):
+            raise ValueError(f"the '{self.name}' prior needs a guide with a posterior(x) method; {type(guide).__name__} has none")
+        object.__setattr__(self, "_guide", guide)
+
+    @property
+    def guide(self):
+        guide = getattr(self, "_guide", None)
+        if guide is None:
+            raise RuntimeError(f"the '{self.name}' prior reads the guide: call model.attach_guide(guide) first")
+        return guide
+
+
+class VampPrior(_GuideReader):
+    """Mixture of the guide's posteriors at ``num_components`` learned pseudo-inputs in [0, 1]."""
+
+    name = "vamp"
+
+    def __init__(self, z_dim: int, x_dim: int, num_components: int = 50):
+        super().__init__()
+        self.z_dim = z_dim
+        self.pseudo_raw = nn.Parameter(0.05 + 0.01 * torch.randn(num_components, x_dim))
+
+    @property
+    def pseudo_inputs(self) -> torch.Tensor:
+        return nn.functional.hardtanh(self.pseudo_raw, 0.0, 1.0)
+
+    def forward(self, x: torch.Tensor):
+        components = self.guide.posterior(self.pseudo_inputs)  # batch (K,), event (z_dim,)
+        mix = dist.Categorical(logits=self.pseudo_raw.new_zeros(self.pseudo_raw.shape[0]))
+        return dist.MixtureSameFamily(mix, components)
+
+
+class FlowPrior(nn.Module):
+    """N(0, I) through ``num_flows`` affine autoregressive steps (reversed orderings between)."""
+
+    name = "flow"
+
+    def __init__(self, z_dim: int, num_flows: int = 2, hidden: Sequence[int] | None = None):
+        super().__init__()
+        self.z_dim = z_dim
+        hidden = list(hidden) if hidden is not None else [max(4 * z_dim, 32)]
+        self.steps = nn.ModuleList(T.affine_autoregressive(z_dim, hidden_dims=hidden) for _ in range(num_flows))
+        self.register_buffer("reverse", torch.arange(z_dim - 1, -1, -1))
+
+    def forward(self, x: torch.Tensor):
+        zeros = x.new_zeros(self.z_dim)
+        transforms = []
+        for i, step in enumerate(self.steps):
+            if i > 0:
+                transforms.append(T.Permute(self.reverse))
+            transforms.append(step.inv)  # log p(z) runs each step forward: one pass, no sequential inverse
+        return dist.TransformedDistribution(dist.Normal(zeros, zeros + 1.0).to_event(1), transforms)
+
+
+class ACNPrior(_GuideReader):
+    """Associative compression network prior: p(z | c) with c a nearest-neighbour training code."""
+
+    name = "acn"
+
+    def __init__(self, z_dim: int, num_neighbours: int = 5, hidden: Sequence[int] = (256,)):
+        super().__init__()
+        if num_neighbours < 1:
+            raise ValueError(f"num_neighbours must be at least 1, got {num_neighbours}")
+        self.z_dim, self.num_neighbours = z_dim, num_neighbours
+        self.prior_net = MLP(z_dim, list(hidden), 2 * z_dim)
+        self.register_buffer("codes", torch.zeros(0, z_dim), persistent=False)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Posterior means (the codes) of ``x``, ``(N, z_dim)``."""
+        parts = []
+        for start in range(0, x.shape[0], batch_size):
+            q = self.guide.posterior(x[start : start + batch_size])
+            try:
+                parts.append(q.mean)
+            except NotImplementedError:  # flow guides: the mean of 32 samples
+                parts.append(q.sample((32,)).mean(0))
+        return torch.cat(parts)
+
+    def refresh(self, x_train: torch.Tensor) -> None:
+        """Recompute the bank of training codes (called by the trainer at every epoch start)."""
+        self.codes = self.encode(x_train)
+
+    @torch.no_grad()
+    def neighbours(self, codes: torch.Tensor, exclude_nearest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact K nearest bank codes (Euclidean) of each code: ``(distances, indices)``, each ``(B, K)``.
+
+        ``exclude_nearest`` drops the closest one: in training, a point's own code.
+        """
+        if self.codes.shape[0] < self.num_neighbours + int(exclude_nearest):
+            raise RuntimeError(
+                f"the ACN prior holds {self.codes.shape[0]} training codes, fewer than K={self.num_neighbours}: "
+                "call model.refresh(train_x) first (the trainer does, every epoch)"
+            )
+        d = torch.cdist(codes, self.codes)
+        k = self.num_neighbours + int(exclude_nearest)
+        dist_k, idx = d.topk(k, dim=-1, largest=False)
+        return (dist_k[:, 1:], idx[:, 1:]) if exclude_nearest else (dist_k, idx)
+
+    def conditional(self, c: torch.Tensor):
+        """p(z | c): a diagonal Gaussian from the prior network."""
+        loc, raw = self.prior_net(c).split(self.z_dim, dim=-1)
+        return dist.Normal(loc, bounded_scale(raw)).to_event(1)
+
+    def forward(self, x: torch.Tensor):
+        _, idx = self.neighbours(self.encode(x), exclude_nearest=self.training)
+        if self.training:  # one neighbour at random, as in the paper
+            pick = torch.randint(self.num_neighbours, (x.shape[0], 1), device=x.device)
+            return self.conditional(self.codes[idx.gather(1, pick).squeeze(1)])
+        components = self.conditional(self.codes[idx])  # batch (B, K)
+        mix = dist.Categorical(logits=x.new_zeros(x.shape[0], self.num_neighbours))
+        return dist.MixtureSameFamily(mix, components)
+
+    @torch.no_grad()
+    def chain(self, decode_mean, n: int, steps: int = 10) -> torch.Tensor:
+        """Unconditional samples by a chain through the prior network (Graves et al. 2018):
+        start at random training codes c; repeat z ~ p(z | c), x = E[x | z], c = code(x)."""
+        c = self.codes[torch.randint(self.codes.shape[0], (n,), device=self.codes.device)]
+        for _ in range(steps):
+            x = decode_mean(self.conditional(c).sample())
+            c = self.encode(x)
+        return x
+
+
+PRIORS = {"normal": NormalPrior, "vamp": VampPrior, "flow": FlowPrior, "acn": ACNPrior}
