@@ -10,7 +10,7 @@ each factor a diagonal Gaussian from an MLP (Burda et al. 2016); with
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -36,8 +36,8 @@ class HierarchicalGuide(nn.Module):
 
         check_layers(z_dims, hidden)
         self.x_dim, self.z_dims, self.condition_on_x = x_dim, list(z_dims), condition_on_x
-        inputs = [x_dim] + [z_dims[l - 1] + (x_dim if condition_on_x else 0) for l in range(1, len(z_dims))]
-        self.layers = nn.ModuleList(GaussianHead(inputs[l], list(hidden[l]), z_dims[l], activation) for l in range(len(z_dims)))
+        inputs = [x_dim] + [z_dims[i - 1] + (x_dim if condition_on_x else 0) for i in range(1, len(z_dims))]
+        self.layers = nn.ModuleList(GaussianHead(inputs[i], list(hidden[i]), z_dims[i], activation) for i in range(len(z_dims)))
 
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("guide", self)

@@ -13,7 +13,7 @@ the data) to ``zL``; pair it with :class:`ppl_vae.guides.HierarchicalGuide`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -58,8 +58,8 @@ class HierarchicalVAE(nn.Module):
         self.decoder = MLP(z_dims[0], list(reversed(list(hidden[0]))), x_dim * self.likelihood.outputs_per_dim, activation)
         # conditionals[l] gives p(z_{l+1} | z_{l+2}) (0-based l), from the layer above downward
         self.conditionals = nn.ModuleList(
-            GaussianHead(z_dims[l + 1], list(reversed(list(hidden[l + 1]))), z_dims[l], activation)
-            for l in range(len(z_dims) - 1)
+            GaussianHead(z_dims[i + 1], list(reversed(list(hidden[i + 1]))), z_dims[i], activation)
+            for i in range(len(z_dims) - 1)
         )
 
     def forward(self, x: torch.Tensor) -> None:

@@ -17,7 +17,7 @@ Priors that read the guide (``vamp``, ``acn``) get it through :meth:`attach_guid
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T

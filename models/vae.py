@@ -11,7 +11,7 @@ The prior is chosen by name (see :mod:`ppl_vae.models.priors`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import torch
