@@ -17,6 +17,7 @@ Priors that read the guide (``vamp``, ``acn``) get it through :meth:`attach_guid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro.distributions as dist
@@ -25,6 +26,38 @@ import torch
 from torch import nn
 
 from ppl_vae.nn import MLP, bounded_scale
+
+
+class UniformMixture(dist.TorchDistribution):
+    """Equal-weight mixture over the last batch dimension of ``components`` (any distribution,
+    flows included: each component sees the value expanded to its own batch position)."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, components, validate_args=None):
+        self.components = components
+        self.num = components.batch_shape[-1]
+        super().__init__(components.batch_shape[:-1], components.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.components.support
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return UniformMixture(self.components.expand(batch_shape + (self.num,)))
+
+    def log_prob(self, value):
+        event_dims = len(self.event_shape)
+        batch = torch.broadcast_shapes(value.shape[: value.dim() - event_dims], self.batch_shape)
+        value = value.unsqueeze(-1 - event_dims).expand(batch + (self.num,) + self.event_shape)
+        return torch.logsumexp(self.components.log_prob(value), dim=-1) - math.log(self.num)
+
+    def sample(self, sample_shape=torch.Size()):
+        draws = self.components.sample(sample_shape)  # (..., K, *event)
+        pick = torch.randint(self.num, draws.shape[: draws.dim() - len(self.event_shape) - 1], device=draws.device)
+        index = pick.reshape(pick.shape + (1,) * (len(self.event_shape) + 1)).expand(pick.shape + (1,) + self.event_shape)
+        return draws.gather(-1 - len(self.event_shape), index).squeeze(-1 - len(self.event_shape))
 
 
 class NormalPrior(nn.Module):
@@ -68,9 +101,7 @@ class VampPrior(_GuideReader):
         return nn.functional.hardtanh(self.pseudo_raw, 0.0, 1.0)
 
     def forward(self, x: torch.Tensor):
-        components = self.guide.posterior(self.pseudo_inputs)  # batch (K,), event (z_dim,)
-        mix = dist.Categorical(logits=self.pseudo_raw.new_zeros(self.pseudo_raw.shape[0]))
-        return dist.MixtureSameFamily(mix, components)
+        return UniformMixture(self.guide.posterior(self.pseudo_inputs))  # components: batch (K,), event (z_dim,)
 
 
 class FlowPrior(nn.Module):
@@ -150,9 +181,7 @@ class ACNPrior(_GuideReader):
         if self.training:  # one neighbour at random, as in the paper
             pick = torch.randint(self.num_neighbours, (x.shape[0], 1), device=x.device)
             return self.conditional(self.codes[idx.gather(1, pick).squeeze(1)])
-        components = self.conditional(self.codes[idx])  # batch (B, K)
-        mix = dist.Categorical(logits=x.new_zeros(x.shape[0], self.num_neighbours))
-        return dist.MixtureSameFamily(mix, components)
+        return UniformMixture(self.conditional(self.codes[idx]))  # components: batch (B, K)
 
     @torch.no_grad()
     def chain(self, decode_mean, n: int, steps: int = 10) -> torch.Tensor:

@@ -87,7 +87,7 @@ def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 10
 
 def score(trainer: Trainer, data: Dataset, k: int, out: Path | None) -> dict:
     model, guide = trainer.model, trainer.guide
-    trainer._set_training(False)
+    trainer.set_training(False)
     test_x = data.eval_x("test", trainer.device)
     start = time.perf_counter()
     est = log_px(model, guide, test_x, k=k, progress=trainer.config.progress)
@@ -161,5 +161,5 @@ def load_trained(path: str | Path, device: str = "auto"):
     trainer.load_params({k: v.to(trainer.device) for k, v in state["params"].items()})
     trainer.epoch = state["epoch"]
     trainer.refresh(train_x)  # and follow the loaded weights
-    trainer._set_training(False)
+    trainer.set_training(False)
     return trainer, data

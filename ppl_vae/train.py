@@ -210,7 +210,7 @@ class Trainer:
             start = time.perf_counter()
             total = torch.zeros((), device=self.device)
             set_progress = getattr(self.objective, "set_progress", None)  # schedules (KL warm-up)
-            self._set_training(True)
+            self.set_training(True)
             self.refresh(batches.x)
             for xb in batches.epoch():
                 if set_progress is not None:
@@ -238,7 +238,7 @@ class Trainer:
         bar.close()
         return self.history
 
-    def _set_training(self, mode: bool) -> None:
+    def set_training(self, mode: bool) -> None:
         for fn in (self.model, self.guide):
             if isinstance(fn, torch.nn.Module):
                 fn.train(mode)
@@ -251,7 +251,7 @@ class Trainer:
                 refresh(train_x)
 
     def validate(self, val_x: torch.Tensor) -> dict:
-        self._set_training(False)
+        self.set_training(False)
         terms = elbo_terms(self.model, self.guide, val_x)
         row = {"val_elbo": terms.elbo, "val_rate": terms.rate, "val_distortion": terms.distortion}
         every = self.config.eval_every

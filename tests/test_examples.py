@@ -13,6 +13,8 @@ SMALL = ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--
 TINY = {
     "custom_model.py": SMALL,
     "posterior_gap.py": [*SMALL, "--guides", "mean_field,full_cov,iaf,planar"],
+    "two_layer_tutorial.py": SMALL,
+    "compare_priors.py": [*SMALL, "--components", "5"],
 }
 
 
