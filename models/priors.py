@@ -53,8 +53,8 @@ class UniformMixture(dist.TorchDistribution):
         value = value.unsqueeze(-1 - event_dims).expand(batch + (self.num,) + self.event_shape)
         return torch.logsumexp(self.components.log_prob(value), dim=-1) - math.log(self.num)
 
-    def sample(self, sample_shape=torch.Size()):
-        draws = self.components.sample(sample_shape)  # (..., K, *event)
+    def sample(self, sample_shape=()):
+        draws = self.components.sample(torch.Size(sample_shape))  # (..., K, *event)
         pick = torch.randint(self.num, draws.shape[: draws.dim() - len(self.event_shape) - 1], device=draws.device)
         index = pick.reshape(pick.shape + (1,) * (len(self.event_shape) + 1)).expand(pick.shape + (1,) + self.event_shape)
         return draws.gather(-1 - len(self.event_shape), index).squeeze(-1 - len(self.event_shape))
