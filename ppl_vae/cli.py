@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
     e.add_argument("--seed", type=int, default=0, help="random seed of the estimate (default: 0)")
     e.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    e.add_argument("--n-points", type=int, default=0, help="score only the first N test points (default: all)")
     _add_common(e)
     return parser
 
@@ -239,21 +240,52 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .device import seed_everything
-    from .experiment import load_trained, report_table, score, write_json
+    from .experiment import format_table, load_trained, write_json
+    from .report import full_report, markdown_report, report_rows
 
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
     trainer, data = load_trained(args.checkpoint, device=args.device)
-    trainer.config.progress = not args.no_progress
     seed_everything(args.seed)
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
-    out.mkdir(parents=True, exist_ok=True)
-    result = score(trainer, data, args.k, out)
-    result["checkpoint"] = str(ckpt)
-    path = write_json(result, out / "evaluation.json")
-    print(report_table(result))
-    print(f"wrote {path}")
+    x = data.eval_x("test", trainer.device)
+    if args.n_points:
+        x = x[: args.n_points]
+    labels = data.test.labels
+    report = full_report(
+        trainer.model,
+        trainer.guide,
+        x,
+        k=args.k,
+        labels=labels,
+        image_shape=data.image_shape,
+        out=out,
+        progress=not args.no_progress,
+    )
+    meta = trainer.config.meta
+    report.update(
+        dataset=data.name,
+        device=str(trainer.device),
+        model=meta.get("model"),
+        guide=meta.get("guide"),
+        objective=trainer.config.objective,
+        epochs=trainer.epoch,
+        checkpoint=str(ckpt),
+    )
+    path = write_json(report, out / "evaluation.json")
+    header = f"# {data.name}: {meta.get('model')} / {meta.get('guide')}, objective {trainer.config.objective}, {trainer.epoch} epochs\n\n"
+    (out / "evaluation.md").write_text(header + markdown_report(report))
+    print(
+        format_table(
+            [
+                ("data / model", f"{data.name}, {meta.get('model')} / {meta.get('guide')}, {trainer.config.objective}"),
+                ("device", str(trainer.device)),
+            ]
+            + report_rows(report)
+        )
+    )
+    print(f"wrote {path}, {out / 'evaluation.md'}, posterior.nc and pictures {', '.join(report.get('pictures', {}).values())}")
     return 0
 
 

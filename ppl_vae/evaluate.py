@@ -14,7 +14,7 @@ with K; only a running log-sum-exp per point is kept.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -38,11 +38,57 @@ class LogPx:
     k: int
     n: int
     per_point: torch.Tensor
+    iwae_by_k: dict[int, float] = field(default_factory=dict)
+    k_hat: torch.Tensor | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("per_point")
+        d.pop("k_hat")
+        d["iwae_by_k"] = {str(k): v for k, v in self.iwae_by_k.items()}
+        if self.k_hat is not None:
+            d["k_hat"] = psis_summary(self.k_hat)
         return d
+
+
+def psis_summary(k_hat: torch.Tensor) -> dict:
+    """Pareto k-hat over data points: share above 0.7 (unreliable estimates, Vehtari et al.)."""
+    return {
+        "share_above_0.7": float((k_hat > 0.7).float().mean()),
+        "share_above_0.5": float((k_hat > 0.5).float().mean()),
+        "median": float(k_hat.median()),
+        "max": float(k_hat.max()),
+    }
+
+
+def pareto_k_hat(log_w: torch.Tensor) -> torch.Tensor:
+    """PSIS Pareto shape k-hat of each column's importance weights via ArviZ, ``(K, B) -> (B,)``.
+
+    Points whose weights are all equal (the exact posterior as proposal) get -1.
+    """
+    import warnings
+
+    import arviz as az
+
+    with warnings.catch_warnings():  # ArviZ warns on large k-hat; the report says so itself
+        warnings.simplefilter("ignore")
+        _, k_hat = az.psislw(log_w.T.double().cpu().numpy(), reff=1.0)
+    k_hat = torch.as_tensor(k_hat, dtype=torch.float32)
+    # equal weights (an exact proposal) have no tail to fit: ArviZ gives inf; they are the best case
+    constant = (log_w.max(0).values - log_w.min(0).values).cpu() < 1e-4
+    return torch.where(constant, torch.full_like(k_hat, -1.0), k_hat)
+
+
+def iwae_ladder(log_w: torch.Tensor, ks) -> dict[int, torch.Tensor]:
+    """The IWAE bound with k samples for each k in ``ks`` from one set of K weights ``(K, B)``:
+    the mean of log-mean-exp over the floor(K / k) disjoint blocks, per point."""
+    out = {}
+    for k in ks:
+        m = log_w.shape[0] // k
+        if m:
+            blocks = log_w[: m * k].reshape(m, k, -1)
+            out[k] = (torch.logsumexp(blocks, 1) - math.log(k)).mean(0)
+    return out
 
 
 def _batches(x: torch.Tensor, batch_size: int):
@@ -59,6 +105,9 @@ def log_px(
     chunk_k: int = 100,
     batch_size: int = 500,
     progress: bool = False,
+    ladder=(),
+    psis: bool = False,
+    max_weights: int = 4_000_000,
 ) -> LogPx:
     """Importance-sampling estimate of log p(x) per data point for any contract-following pair.
 
@@ -67,6 +116,9 @@ def log_px(
         x: data, first dimension is the data point.
         k: importance samples per data point.
         chunk_k, batch_size: particles and data points evaluated at once (memory bound).
+        ladder: also report the IWAE bound for each of these k <= K, from the same samples.
+        psis: also compute each point's Pareto k-hat (ArviZ's PSIS). Both keep a batch's K
+            weights, so the batch shrinks to keep ``K * batch <= max_weights``.
     Returns:
         :class:`LogPx` with mean, standard errors and per-point estimates.
     """
@@ -75,18 +127,28 @@ def log_px(
     if x.shape[0] == 0:
         raise ValueError("log_px needs at least one data point; x is empty")
     mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
-    estimates, rel_vars = [], []
+    keep = bool(ladder) or psis
+    if keep:
+        batch_size = max(1, min(batch_size, max_weights // k))
+    estimates, rel_vars, ladders, k_hats = [], [], [], []
     batches = list(_batches(x, batch_size))
     for xb in tqdm(batches, desc=f"log p(x), K={k}", disable=not progress, leave=False):
         lse = torch.full((xb.shape[0],), -math.inf, device=xb.device)
         lse2 = lse.clone()
-        done = 0
+        done, kept = 0, []
         while done < k:
             kc = min(chunk_k, k - done)
             lw = site_terms(model, guide, xb, num_particles=kc, max_plate_nesting=mpn).log_weights()
             lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
             lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+            if keep:
+                kept.append(lw)
             done += kc
+        if keep:
+            all_w = torch.cat(kept)
+            ladders.append(iwae_ladder(all_w, [j for j in ladder if j <= k]))
+            if psis:
+                k_hats.append(pareto_k_hat(all_w))
         est = lse - math.log(k)
         # Var(mean w) / (mean w)^2 = (E[w^2] / E[w]^2 - 1) / K, the delta-method variance of log p^
         rel_var = (torch.exp(lse2 - math.log(k) - 2 * est) - 1.0).clamp(min=0) / k
@@ -97,7 +159,9 @@ def log_px(
     se = float(per_point.std() / math.sqrt(n)) if n > 1 else float("nan")
     # one sample says nothing about the spread of the weights
     mc_se = float(torch.cat(rel_vars).sum().sqrt() / n) if k > 1 else float("nan")
-    return LogPx(float(per_point.mean()), se, mc_se, k, n, per_point.cpu())
+    by_k = {j: float(torch.cat([lad[j] for lad in ladders]).mean()) for j in (ladders[0] if ladders else {})}
+    k_hat = torch.cat(k_hats) if k_hats else None
+    return LogPx(float(per_point.mean()), se, mc_se, k, n, per_point.cpu(), by_k, k_hat)
 
 
 @dataclass

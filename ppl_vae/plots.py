@@ -16,9 +16,13 @@ from .sites import site_terms
 
 
 def _observed_mean(trace) -> torch.Tensor:
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and (site["is_observed"] or site["infer"].get("was_observed")):
-            return site["fn"].mean
+    """Mean of the model's observation site: one released by ``uncondition`` if any (a
+    conditioned latent is then 'observed' too), else the observed one."""
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
+    for released_only in (True, False):
+        for site in sites:
+            if site["infer"].get("was_observed") or (not released_only and site["is_observed"]):
+                return site["fn"].mean
     raise ValueError("the model has no observed site to draw")
 
 
@@ -76,3 +80,72 @@ def save_pictures(model, guide, x: torch.Tensor, image_shape, out: str | Path, n
         "samples": save_grid(sample(model, x, 64), image_shape, out / "samples.png", nrow=8),
     }
     return {k: str(v) for k, v in paths.items()}
+
+
+@torch.no_grad()
+def decode_at(model, site: str, z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Mean of p(x | z) with latent site ``site`` fixed to ``z`` (N, d): the model run with that
+    site conditioned and its observation released."""
+    dummy = like.new_zeros((z.shape[0],) + like.shape[1:])
+    conditioned = poutine.condition(poutine.uncondition(model), data={site: z})
+    trace = poutine.trace(conditioned).get_trace(dummy)
+    return _observed_mean(trace).reshape(dummy.shape)
+
+
+def save_traversals(model, site: str, z_dim: int, dims, like, image_shape, path, steps: int = 9, span: float = 3.0) -> Path:
+    """One row per latent dimension in ``dims``: that coordinate from -span to span, the others 0."""
+    rows = []
+    grid = torch.linspace(-span, span, steps, device=like.device)
+    for d in dims:
+        z = torch.zeros(steps, z_dim, device=like.device)
+        z[:, d] = grid
+        rows.append(decode_at(model, site, z, like))
+    return save_grid(torch.cat(rows), image_shape, path, nrow=steps)
+
+
+def save_aggregate_view(codes: torch.Tensor, labels, path) -> Path:
+    """Aggregate posterior in 2-D (its first two principal components when d > 2), coloured by label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = codes.detach().float().cpu()
+    if c.shape[1] > 2:
+        c = c - c.mean(0)
+        _, _, v = torch.pca_lowrank(c, q=2, center=False)
+        c = c @ v[:, :2]
+        axes = ("PC 1", "PC 2")
+    else:
+        axes = ("z 1", "z 2")
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if c.shape[1] == 1:
+        c = torch.cat([c, torch.zeros_like(c)], 1)
+    scatter = ax.scatter(c[:, 0], c[:, 1], s=6, c=None if labels is None else labels.cpu().numpy(), cmap="tab10")
+    if labels is not None:
+        fig.colorbar(scatter, ax=ax, label="label")
+    ax.set(xlabel=axes[0], ylabel=axes[1], title="aggregate posterior q(z)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_iwae_curve(iwae_by_k: dict, elbo: float, path) -> Path:
+    """The IWAE bound against K (log scale), with the ELBO for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(iwae_by_k)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(ks, [iwae_by_k[k] for k in ks], "o-", label="IWAE bound")
+    ax.axhline(elbo, color="grey", ls="--", label="ELBO")
+    ax.set_xscale("log")
+    ax.set(xlabel="K (importance samples)", ylabel="nats per point", title="IWAE bound vs K (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

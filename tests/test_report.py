@@ -1,0 +1,164 @@
+"""Evaluation diagnostics against closed forms, at their nominal error rates, and the report."""
+
+import json
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from ppl_vae import log_px
+from ppl_vae.aggregate import elbo_surgery, mardia_tests, mmd_test, prior_match_tests, radius_tests
+from ppl_vae.cli import main
+from ppl_vae.evaluate import elbo_terms
+from ppl_vae.models import LinearGaussian
+from ppl_vae.posterior import export_inference_data, posterior_correlations
+
+from helpers import AffineGuide, ShiftedPosteriorGuide, correlated_linear_gaussian, diagonal_posterior_linear_gaussian
+
+
+@pytest.fixture(scope="module")
+def diag_lg():
+    lg = diagonal_posterior_linear_gaussian()
+    return lg, lg.sample_data(2000, seed=1)
+
+
+def test_rate_and_elbo_surgery_match_their_closed_forms(diag_lg):
+    lg, x = diag_lg
+    guide = AffineGuide(6, 3, lg=lg)  # the exact posterior
+    post = lg.posterior(x)
+    cov, mu = post.covariance_matrix[0], post.loc
+    exact_rate = 0.5 * (cov.trace() + (mu**2).sum(-1) - 3 - torch.logdet(cov)).mean().item()
+    s = elbo_surgery(lg, guide, x, samples_per_point=4)
+    assert s.rate == pytest.approx(exact_rate, abs=0.05)  # 8000 draws: SE about 0.015
+    assert elbo_terms(lg, guide, x, k=4).rate == pytest.approx(exact_rate, abs=0.05)
+    # the exact posterior's aggregate is the prior: marginal KL ~ 0; I(x;z) = ½ log det Λ
+    assert abs(s.marginal_kl) < 0.05
+    assert s.mutual_information == pytest.approx(0.5 * torch.logdet(lg.posterior_precision()).item(), abs=0.1)
+    # shift every posterior by c: q(z) = N(c, I), so KL(q(z) || p(z)) = |c|^2 / 2
+    shifted = AffineGuide(6, 3, lg=lg)
+    with torch.no_grad():
+        shifted.c += torch.tensor([1.0, 0.5, 0.0])
+    assert elbo_surgery(lg, shifted, x).marginal_kl == pytest.approx(0.625, abs=0.08)
+
+
+def test_aggregate_tests_hold_their_nominal_level_on_real_normal_samples():
+    gen = torch.Generator().manual_seed(0)
+    rejections = np.zeros(5)
+    reps = 100
+    for r in range(reps):
+        z = torch.randn(200, 4, generator=gen)
+        p = [mmd_test(z, permutations=99, seed=r)["p_value"]]
+        m, rad = mardia_tests(z), radius_tests(z)
+        p += [m["skewness_p_value"], m["kurtosis_p_value"], rad["radius_p_value"], rad["pairwise_p_value"]]
+        rejections += np.array(p) < 0.05
+    # nominal 5%: binomial(100, 0.05) exceeds 12 with probability < 0.3%
+    assert (rejections / reps <= 0.12).all(), rejections
+
+
+def test_aggregate_tests_reject_a_clearly_non_gaussian_sample():
+    torch.manual_seed(0)
+    z = torch.distributions.Exponential(1.0).sample((500, 4)) - 1.0  # mean 0, variance 1, skewed
+    r = prior_match_tests(z)
+    for key in ("p_value", "skewness_p_value", "kurtosis_p_value", "radius_p_value", "pairwise_p_value"):
+        assert r[key] < 0.01, key
+
+
+def test_psis_k_hat_is_small_for_a_good_proposal_and_large_for_a_heavy_tailed_mismatch():
+    lg = correlated_linear_gaussian()
+    x = lg.sample_data(100, seed=2)
+    good = log_px(lg, ShiftedPosteriorGuide(lg, inflate=1.2, shift=0.05), x, k=2000, psis=True)
+    bad = log_px(lg, ShiftedPosteriorGuide(lg, inflate=0.3, shift=0.0), x, k=2000, psis=True)
+    assert good.k_hat.max() < 0.5
+    assert (bad.k_hat > 0.7).float().mean() > 0.5
+    assert bad.as_dict()["k_hat"]["share_above_0.7"] > 0.5
+    exact = log_px(lg, lg.exact_guide, x, k=100, psis=True)
+    assert (exact.k_hat == -1).all()  # equal weights: nothing to fit, the best case
+
+
+def test_iwae_ladder_comes_from_one_pass_and_grows_with_k():
+    lg = correlated_linear_gaussian()
+    x = lg.sample_data(200, seed=3)
+    est = log_px(lg, ShiftedPosteriorGuide(lg), x, k=500, chunk_k=128, ladder=(1, 5, 50, 500))
+    values = [est.iwae_by_k[k] for k in (1, 5, 50, 500)]
+    assert values == sorted(values)
+    assert est.iwae_by_k[500] == pytest.approx(est.log_px, abs=1e-4)
+    assert values[-1] < lg.log_marginal(x).mean().item() + 3 * est.mc_se  # a bound, up to Monte Carlo error
+
+
+def test_posterior_correlations_recover_the_exact_correlation():
+    W = torch.tensor([[1.0, 0.8], [1.0, 1.2], [0.9, 1.0], [1.1, 1.0], [1.0, 0.9]])
+    lg = LinearGaussian(5, 2, W=W, b=torch.zeros(5), sigma=0.5, learn=False)
+    cov = torch.linalg.inv(lg.posterior_precision())
+    rho = abs((cov[0, 1] / cov.diagonal().prod().sqrt()).item())
+    x = lg.sample_data(40, seed=4)
+    r = posterior_correlations(lg, ShiftedPosteriorGuide(lg, inflate=1.5, shift=0.0), x, k=4000)
+    assert r["posterior_mean_abs_offdiag"] == pytest.approx(rho, abs=0.03)  # rho = 0.94
+    assert r["guide_mean_abs_offdiag"] < 0.05  # the mean-field guide: none
+    assert r["posterior"].shape == (40, 2, 2)
+
+
+def test_inference_data_export_round_trips(tmp_path):
+    import arviz as az
+
+    lg = correlated_linear_gaussian()
+    x = lg.sample_data(7, seed=5)
+    pyro.set_rng_seed(0)
+    path = export_inference_data(lg, ShiftedPosteriorGuide(lg), x, tmp_path / "post.nc", k=30)
+    idata = az.from_netcdf(path)
+    assert idata.posterior["z"].shape == (1, 30, 7, 2)
+    lw = idata.sample_stats["log_weight"].values
+    assert lw.shape == (1, 30, 7) and np.isfinite(lw).all()
+
+
+def test_evaluate_command_writes_the_full_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist5k",
+                "--epochs",
+                "1",
+                "--hidden",
+                "32",
+                "--z-dim",
+                "3",
+                "--test-k",
+                "5",
+                "--eval-every",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert main(["evaluate", str(out), "--k", "60", "--n-points", "80", "--no-progress", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    for words in ("IWAE bound by K", "PSIS k-hat", "I(x;z)", "q(z) vs N(0,I)", "mean |corr|"):
+        assert words in table
+    r = json.loads((out / "evaluation.json").read_text())
+    assert r["k"] == 60 and r["n"] == 80 and set(r["iwae_by_k"]) == {"1", "5", "50", "60"}
+    assert {"share_above_0.7", "median"} <= set(r["k_hat"])
+    assert r["surgery"]["rate"] == pytest.approx(r["surgery"]["mutual_information"] + r["surgery"]["marginal_kl"])
+    assert len(r["kl_per_dimension"]["z"]) == 3 and r["prior_match"]["n"] == 80
+    for name in ("reconstructions", "samples", "traversals", "aggregate_posterior", "iwae_vs_k"):
+        assert (out / f"{name}.png").stat().st_size > 500
+    assert (out / "posterior.nc").exists() and "| test log p(x) |" in (out / "evaluation.md").read_text()
+
+
+def test_diagnostics_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
+    from ppl_vae.guides import HierarchicalGuide
+    from ppl_vae.models import HierarchicalVAE
+    from ppl_vae.report import full_report
+
+    layers = dict(x_dim=64, z_dims=(4, 2), hidden=((16,), (8,)))
+    report = full_report(HierarchicalVAE(**layers), HierarchicalGuide(**layers), torch.bernoulli(torch.rand(20, 64)), k=10)
+    assert "one latent site" in report["surgery"]["skipped"]
+    assert "one latent site" in report["prior_match"]["skipped"]
+    assert np.isfinite(report["log_px"])
