@@ -69,9 +69,16 @@ class TrainConfig:
         return d
 
 
+def module_of(fn) -> torch.nn.Module | None:
+    """The module a model or guide is, or whose bound method it is (``vae.model`` as in Pyro's examples)."""
+    module = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+    return module if isinstance(module, torch.nn.Module) else None
+
+
 def _to_device(fn, device):
-    if isinstance(fn, torch.nn.Module):
-        fn.to(device)
+    module = module_of(fn)
+    if module is not None:
+        module.to(device)
     return fn
 
 
@@ -163,7 +170,7 @@ class Trainer:
         path = self._checkpoint_path()
         if path is None:
             raise ValueError("resume needs config.out, the folder holding the checkpoint")
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path)  # on the CPU: RNG states must stay there; parameters are copied over
         saved = TrainConfig(**{**state["config"], "epochs": 1}).identity()
         if saved != self.config.identity():
             diff = sorted(k for k in saved if saved[k] != self.config.identity().get(k))
@@ -173,7 +180,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
         set_rng_state(state["rng"])
-        batches.load_state(state["data_order"].cpu() if batches.x.device.type == "cpu" else state["data_order"])
+        batches.load_state(state["data_order"])
 
     # ------------------------------------------------------------------ loop
 
@@ -240,8 +247,9 @@ class Trainer:
 
     def set_training(self, mode: bool) -> None:
         for fn in (self.model, self.guide):
-            if isinstance(fn, torch.nn.Module):
-                fn.train(mode)
+            module = module_of(fn)
+            if module is not None:
+                module.train(mode)
 
     def refresh(self, train_x: torch.Tensor) -> None:
         """Let a model with data-dependent state (the ACN code bank) recompute it from the training data."""

@@ -11,6 +11,16 @@ DEVICE = os.environ.get("PPL_VAE_DEVICE", "cpu")
 
 
 @pytest.fixture(autouse=True)
+def _auto_device_is_the_test_device(monkeypatch):
+    """In tests "auto" means DEVICE (cpu unless PPL_VAE_DEVICE says otherwise), so the suite
+    gives the same numbers on a machine with a GPU; CUDA runs are asked for explicitly."""
+    import ppl_vae.train
+    from ppl_vae.device import resolve_device
+
+    monkeypatch.setattr(ppl_vae.train, "resolve_device", lambda d="auto": resolve_device(DEVICE if d == "auto" else d))
+
+
+@pytest.fixture(autouse=True)
 def _fresh_pyro():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
