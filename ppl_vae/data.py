@@ -220,18 +220,22 @@ LOADERS = {
 }
 
 
-def check_data(x: torch.Tensor, what: str = "data") -> None:
-    """Refuse empty data, non-finite values and values outside [0, 1], naming what is wrong."""
-    if x.dim() != 2:
+def check_data(x: torch.Tensor, what: str = "data", unit_interval: bool = True, flat: bool = True) -> None:
+    """Refuse empty data and non-finite values, and (by default) anything but a 2-D array of
+    values in [0, 1], naming what is wrong."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if flat and x.dim() != 2:
         raise DataError(f"{what} must be a 2-D array (points, features), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
+    if x.dim() == 0 or x.shape[0] == 0:
         raise DataError(f"{what} is empty (no data points)")
-    if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).any(1).nonzero()[0].item()
-        raise DataError(f"{what} holds NaN or infinite values (first at row {bad})")
-    lo, hi = x.min().item(), x.max().item()
-    if lo < 0 or hi > 1:
-        raise DataError(f"{what} has values in [{lo:g}, {hi:g}]; pixel intensities must lie in [0, 1]")
+    finite = torch.isfinite(x).reshape(x.shape[0], -1).all(1)
+    if not finite.all():
+        raise DataError(f"{what} holds NaN or infinite values (first at row {int((~finite).nonzero()[0])})")
+    if unit_interval:
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > 1:
+            raise DataError(f"{what} has values in [{lo:g}, {hi:g}]; pixel intensities must lie in [0, 1]")
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, binarize: str = "dynamic") -> Dataset:

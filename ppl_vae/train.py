@@ -1,9 +1,14 @@
 """The training loop for any (model, guide, objective) triple that follows the contract.
 
 The loop knows no objective: it calls ``objective.differentiable_loss(model, guide, x)``
-and steps a torch Adam optimizer over the parameters the pair registers. It does
-not synchronise with the device per step: losses accumulate on the device and are
-read once per epoch, and the data stay on the device (see :class:`DeviceBatches`).
+and steps a torch Adam optimizer over the parameters the pair registers. Losses
+accumulate on the device and are read once per epoch, and the data stay on the device
+(see :class:`DeviceBatches`); the one per-step read is the NaN guard's boolean
+(``nan_policy="off"`` removes it).
+
+Checkpoints (atomic, see :mod:`ppl_vae.checkpoint`) are written at every epoch end, every
+``checkpoint_every`` steps, and on Ctrl-C; each holds what an exact resume needs,
+including the data order of the epoch in progress and its partial loss.
 """
 
 from __future__ import annotations
@@ -23,13 +28,23 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DeviceBatches
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .evaluate import elbo_terms, log_px
+from .faults import InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
 from .objectives import get_objective
 
 CHECKPOINT_NAME = "checkpoint.pt"
+NAN_POLICIES = ("stop", "skip", "off")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, say); the message says where it stopped."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C after saving a checkpoint (``path``)."""
+
+    def __init__(self, path):
+        super().__init__(f"interrupted; checkpoint saved at {path}" if path else "interrupted (no output folder: nothing saved)")
+        self.path = path
 
 
 @dataclass
@@ -37,7 +52,11 @@ class TrainConfig:
     """How to train; everything a resumed run must agree on except ``epochs``.
 
     ``eval_every``: estimate validation log p(x) with ``eval_k`` importance samples every
-    that many epochs (0: never). ``out``: folder for the per-epoch checkpoint.
+    that many epochs (0: never). ``out``: folder for the checkpoint. ``lr_decay``: the
+    learning rate's factor per epoch (an exponential schedule). ``checkpoint_every``: also
+    checkpoint every that many steps (0: at epoch ends only). ``nan_policy``: on a
+    non-finite loss or gradient, ``"stop"`` with a message naming the step and the bad
+    site, ``"skip"`` the batch and count it, or ``"off"`` (no check).
     """
 
     epochs: int = 10
@@ -50,6 +69,9 @@ class TrainConfig:
     eval_k: int = 100
     out: str | None = None
     progress: bool = True
+    lr_decay: float = 1.0
+    checkpoint_every: int = 0
+    nan_policy: str = "stop"
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -60,11 +82,17 @@ class TrainConfig:
             raise ValueError(f"eval_every must be 0 (never) or positive, got {self.eval_every}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be 0 (epoch ends only) or positive, got {self.checkpoint_every}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got '{self.nan_policy}'")
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed under this config."""
         d = asdict(self)
-        for key in ("epochs", "progress", "out", "device", "eval_every", "eval_k"):
+        for key in ("epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy"):
             d.pop(key)
         return d
 
@@ -102,6 +130,12 @@ class Trainer:
         self.step = 0
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        # where the epoch in progress stands: batches done, its data order and partial loss
+        self.batch_in_epoch = 0
+        self.epoch_order: torch.Tensor | None = None
+        self.epoch_total: torch.Tensor | None = None
+        self.epoch_skipped = 0
         pyro.clear_param_store()
 
     # ------------------------------------------------------------------ parameters
@@ -123,6 +157,7 @@ class Trainer:
             )
         self.params = params
         self.optimizer = torch.optim.Adam(self.params.values(), lr=self.config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.config.lr_decay)
 
     def state_dict(self) -> dict:
         return {name: p.detach().clone() for name, p in self.params.items()}
@@ -147,26 +182,31 @@ class Trainer:
     def _checkpoint_path(self) -> Path | None:
         return Path(self.config.out) / CHECKPOINT_NAME if self.config.out else None
 
-    def save(self, batches: DeviceBatches, path: Path | None = None) -> Path | None:
+    def save(self, path: Path | None = None) -> Path | None:
+        """Write the checkpoint (atomically); at an epoch end ``batch_in_epoch`` is 0."""
         path = path or self._checkpoint_path()
         if path is None:
             return None
-        assert self.optimizer is not None
+        assert self.optimizer is not None and self.scheduler is not None and self.epoch_order is not None
         return save_checkpoint(
             {
                 "config": asdict(self.config),
                 "params": self.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch,
                 "step": self.step,
+                "batch_in_epoch": self.batch_in_epoch,
+                "epoch_order": self.epoch_order.cpu(),
+                "epoch_total": (self.epoch_total if self.epoch_total is not None else torch.zeros(())).detach().cpu(),
+                "epoch_skipped": self.epoch_skipped,
                 "rng": rng_state(),
-                "data_order": batches.state(),
                 "history": self.history,
             },
             path,
         )
 
-    def _resume(self, batches: DeviceBatches) -> None:
+    def _resume(self) -> None:
         path = self._checkpoint_path()
         if path is None:
             raise ValueError("resume needs config.out, the folder holding the checkpoint")
@@ -176,11 +216,14 @@ class Trainer:
             diff = sorted(k for k in saved if saved[k] != self.config.identity().get(k))
             raise CheckpointError(f"checkpoint {path} was written with a different configuration ({', '.join(diff)} differ)")
         self.load_params(state["params"])
-        assert self.optimizer is not None
+        assert self.optimizer is not None and self.scheduler is not None
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        self.batch_in_epoch, self.epoch_order = state["batch_in_epoch"], state["epoch_order"]
+        self.epoch_total = state["epoch_total"].to(self.device)
+        self.epoch_skipped = state["epoch_skipped"]
         set_rng_state(state["rng"])
-        batches.load_state(state["data_order"])
 
     # ------------------------------------------------------------------ loop
 
@@ -192,58 +235,100 @@ class Trainer:
         ``train_x`` holds intensities if ``dynamic`` (binarised afresh each epoch on the
         device) and the data as the model sees them otherwise. Returns the history:
         one dict per epoch with the training loss and validation ELBO (and log p(x)),
-        in nats per data point.
+        in nats per data point. Ctrl-C saves a checkpoint and raises :class:`Interrupted`.
         """
         cfg = self.config
         seed_everything(cfg.seed)
         batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic)
-        val_x = None if val_x is None else val_x.to(self.device)
-        first = train_x[: min(2, len(train_x))].to(self.device)
+        first = batches.x[:2]
         self.refresh(batches.x)
+        check_pair_on_data(self.model, self.guide, torch.bernoulli(batches.x) if dynamic else batches.x, "training data")
+        if val_x is not None:
+            val_x = val_x.to(self.device)
+            check_pair_on_data(self.model, self.guide, val_x, "validation data")
         self._capture_params(torch.bernoulli(first) if dynamic else first)
+        if cfg.out:
+            check_output_folder(cfg.out, needed_bytes=3 * sum(p.numel() * p.element_size() for p in self.params.values()) + 2**20)
         if resume:
-            self._resume(batches)
-        elif cfg.out:
-            Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        n = batches.x.shape[0]
+            self._resume()
+        self.epoch_order = batches.state() if self.epoch_order is None else self.epoch_order
         bar = tqdm(
             total=cfg.epochs * len(batches),
-            initial=self.epoch * len(batches),
+            initial=self.epoch * len(batches) + self.batch_in_epoch,
             disable=not cfg.progress,
             desc="train",
             unit="step",
         )
-        while self.epoch < cfg.epochs:
-            start = time.perf_counter()
-            total = torch.zeros((), device=self.device)
-            set_progress = getattr(self.objective, "set_progress", None)  # schedules (KL warm-up)
-            self.set_training(True)
-            self.refresh(batches.x)
-            for xb in batches.epoch():
-                if set_progress is not None:
-                    set_progress(self.step, self.epoch)
-                loss = self.objective.differentiable_loss(self.model, self.guide, xb)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += loss.detach()
-                self.step += 1
-                bar.update()
-            train_loss = total.item() / n  # the one read from the device this epoch
-            if not math.isfinite(train_loss):
-                raise TrainingError(
-                    f"the training loss became {train_loss} in epoch {self.epoch + 1} (step {self.step}); the last checkpoint is kept"
-                )
-            seconds = time.perf_counter() - start
-            self.epoch += 1
-            row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
-            if val_x is not None:
-                row.update(self.validate(val_x))
-            self.history.append(row)
-            bar.set_postfix({k: round(v, 2) for k, v in row.items() if k.startswith(("train_loss", "val_elbo", "val_log_px"))})
-            self.save(batches)
-        bar.close()
+        try:
+            with InterruptGuard() as guard:
+                while self.epoch < cfg.epochs:
+                    self._run_epoch(batches, val_x, guard, bar)
+        finally:
+            bar.close()
         return self.history
+
+    def _run_epoch(self, batches: DeviceBatches, val_x, guard: InterruptGuard, bar) -> None:
+        cfg, n = self.config, batches.x.shape[0]
+        start = time.perf_counter()
+        batches.load_state(self.epoch_order)  # the epoch's order: replayed exactly after a resume
+        skip, self.batch_in_epoch = self.batch_in_epoch, 0
+        if skip == 0:
+            self.epoch_total, self.epoch_skipped = torch.zeros((), device=self.device), 0
+        set_progress = getattr(self.objective, "set_progress", None)  # schedules (KL warm-up)
+        self.set_training(True)
+        self.refresh(batches.x)
+        params = list(self.params.values())
+        for i, xb in enumerate(batches.epoch()):
+            if i < skip:
+                self.batch_in_epoch += 1
+                continue
+            if set_progress is not None:
+                set_progress(self.step, self.epoch)
+            loss = self.objective.differentiable_loss(self.model, self.guide, xb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.nan_policy != "off" and not bool(all_finite(loss, params)):
+                if cfg.nan_policy == "stop":
+                    raise TrainingError(
+                        f"non-finite loss or gradient at step {self.step + 1} (epoch {self.epoch + 1}, batch {i + 1}): "
+                        f"{diagnose(self.model, self.guide, xb, self.params)}. Nothing from this step was applied; "
+                        + (
+                            f"the last good checkpoint {self._checkpoint_path()} is kept"
+                            if cfg.out
+                            else "no checkpoint was asked for"
+                        )
+                        + " (nan_policy='skip' skips such batches)"
+                    )
+                self.epoch_skipped += 1
+            else:
+                self.optimizer.step()
+                self.epoch_total += loss.detach()
+            self.step += 1
+            self.batch_in_epoch += 1
+            bar.update()
+            if guard.requested:
+                raise Interrupted(self.save())
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save()
+        counted = n - self.epoch_skipped * batches.batch_size
+        train_loss = self.epoch_total.item() / max(counted, 1)  # the one read from the device this epoch
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"the training loss became {train_loss} in epoch {self.epoch + 1} (step {self.step}); the last checkpoint is kept"
+            )
+        self.epoch += 1
+        self.scheduler.step()
+        row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "seconds": time.perf_counter() - start}
+        if self.epoch_skipped:
+            row["skipped_batches"] = self.epoch_skipped
+        if val_x is not None:
+            row.update(self.validate(val_x))
+        self.history.append(row)
+        bar.set_postfix({k: round(v, 2) for k, v in row.items() if k.startswith(("train_loss", "val_elbo", "val_log_px"))})
+        self.batch_in_epoch, self.epoch_order = 0, batches.state()
+        self.save()
+        if guard.requested:
+            raise Interrupted(self._checkpoint_path())
 
     def set_training(self, mode: bool) -> None:
         for fn in (self.model, self.guide):

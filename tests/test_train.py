@@ -135,7 +135,7 @@ def test_a_pair_without_parameters_is_refused(digits):
     def model(x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
-            pyro.sample("x", dist.Normal(z.unsqueeze(-1), 1.0).expand(x.shape).to_event(1), obs=x)
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1).expand(z.shape + (64,)), 1.0).to_event(1), obs=x)
 
     def guide(x):
         with pyro.plate("data", x.shape[0]):

@@ -1,0 +1,136 @@
+"""What the trainer does when something goes wrong: bad input, a full disk, Ctrl-C, NaNs.
+
+Each check either passes silently or raises one error whose message names the input,
+the step or the site at fault and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from .data import DataError, check_data
+from .sites import ContractError, site_terms
+
+# --------------------------------------------------------------------------- input
+
+
+def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data") -> None:
+    """Run the pair once on the first points: shapes, the contract and the observed support.
+
+    The observed site's support (Bernoulli: {0, 1}) is then checked on every point of ``x``.
+    """
+    check_data(x, what, unit_interval=False, flat=False)
+    try:
+        terms = site_terms(model, guide, x[:2], num_particles=1)
+    except ContractError:
+        raise
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"the model and guide cannot run on {what} of shape {tuple(x.shape)}: {err}. "
+            "Check that the data dimension matches the model's (x_dim)"
+        ) from None
+    for name in terms.observed:
+        support = terms.model_trace.nodes[name]["fn"].support
+        ok = torch.cat([support.check(chunk).reshape(chunk.shape[0], -1).all(-1) for chunk in x.split(4096)])
+        if not ok.all():
+            row = int((~ok).nonzero()[0])
+            raise DataError(
+                f"{what} row {row} lies outside the support of the observed site '{name}' ({support}); "
+                "a Bernoulli likelihood needs binary data: use dynamic or fixed binarisation, or a "
+                "continuous likelihood (gaussian, continuous_bernoulli) for intensities"
+            )
+
+
+def check_output_folder(folder: str | os.PathLike, needed_bytes: int) -> Path:
+    """Create ``folder`` and prove it writable with room for ``needed_bytes`` (a checkpoint, twice)."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OSError(f"output folder {path} is not writable: {err.strerror or err}") from None
+    free = shutil.disk_usage(path).free
+    if free < 2 * needed_bytes:
+        raise OSError(
+            f"output folder {path} has {free / 2**20:.1f} MiB free; checkpoints need about {2 * needed_bytes / 2**20:.1f} MiB"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+class InterruptGuard:
+    """Turn the first SIGINT into a flag the loop reads at the next step boundary (so it can
+    save a checkpoint); a second SIGINT interrupts at once. A no-op outside the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+# --------------------------------------------------------------------------- NaN / Inf
+
+
+def all_finite(loss: torch.Tensor, params) -> torch.Tensor:
+    """One device boolean: the loss and every gradient are finite."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flags = [torch.isfinite(loss)]
+    if grads:
+        flags.append(torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in grads])).all())
+    return torch.stack(flags).all()
+
+
+@torch.no_grad()
+def diagnose(model, guide, x: torch.Tensor, params: dict[str, torch.Tensor]) -> str:
+    """Name what went bad: parameters that are not finite, gradients that are not, and the first
+    sample site (guide, then model) whose log-density is not finite on this batch."""
+    parts = []
+    bad_params = [n for n, p in params.items() if not torch.isfinite(p).all()]
+    if bad_params:
+        parts.append(
+            f"parameter '{bad_params[0]}' is not finite" + (f" (and {len(bad_params) - 1} more)" if len(bad_params) > 1 else "")
+        )
+    bad_grads = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad_grads:
+        parts.append(
+            f"the gradient of '{bad_grads[0]}' is not finite"
+            + (f" (and {len(bad_grads) - 1} more)" if len(bad_grads) > 1 else "")
+        )
+    try:
+        terms = site_terms(model, guide, x, num_particles=1)
+        for where, group in (("guide", terms.guide_terms), ("model", terms.model_terms)):
+            for name, log_p in group.items():
+                if not torch.isfinite(log_p).all():
+                    row = int((~torch.isfinite(log_p)).any(0).nonzero()[0])
+                    parts.append(f"the log-density of {where} site '{name}' is {log_p[0, row].item()} at batch row {row}")
+                    raise StopIteration
+    except StopIteration:
+        pass
+    except Exception as err:  # the forward pass itself fails on these values
+        parts.append(f"re-running the pair on the batch fails: {err}")
+    return "; ".join(parts) or "no site or parameter is non-finite on re-evaluation (a transient overflow)"
