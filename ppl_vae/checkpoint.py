@@ -23,8 +23,15 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename, fsync of the folder.
+
+    A failure (a full disk, say) raises :class:`CheckpointError` and leaves the previous
+    checkpoint as it was; leftovers of writes killed earlier are removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".*.tmp"):  # a write killed before its rename
+        stale.unlink(missing_ok=True)
     state = {"format": FORMAT, **state}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -33,10 +40,28 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}; the previous checkpoint is kept") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

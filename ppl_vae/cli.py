@@ -2,12 +2,13 @@
 
 Every command prints a readable table and writes the same numbers as JSON. Known
 errors (bad names, missing files, incompatible checkpoints) end with one line
-naming the problem, not a traceback.
+naming the problem, not a traceback (``PPL_VAE_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--eval-k", type=int, default=100, help="importance samples for validation log p(x) (default: 100)")
     p.add_argument("--test-k", type=int, default=1000, help="importance samples for test log p(x) (default: 1000)")
     p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    p.add_argument("--lr-decay", type=float, default=1.0, help="learning-rate factor per epoch, an exponential schedule (default: 1.0, constant)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N optimizer steps; 0 = at epoch ends only (default: 0)")
+    p.add_argument("--nan-policy", default="stop", choices=["stop", "skip", "off"], help="on a NaN/Inf loss or gradient: stop naming the step and site, skip the batch and count it, or off (default: stop)")
     _add_common(p)
 
 
@@ -206,6 +210,9 @@ def _spec_and_config(args, objective: str):
         eval_k=args.eval_k,
         out=args.out,
         progress=not args.no_progress,
+        lr_decay=args.lr_decay,
+        checkpoint_every=args.checkpoint_every,
+        nan_policy=args.nan_policy,
     )
     return spec, config
 
@@ -313,18 +320,23 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
-    from .train import TrainingError
+    from .train import Interrupted, TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, CheckpointError, TrainingError, OSError) as err:
-        print(f"ppl-vae {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Interrupted as stop:
+        print(f"ppl-vae {args.command}: {stop}; continue with --resume", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"ppl-vae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, CheckpointError, TrainingError, OSError, RuntimeError) as err:
+        if os.environ.get("PPL_VAE_DEBUG"):
+            raise
+        print(f"ppl-vae {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
