@@ -43,7 +43,9 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         _fsync_dir(path.parent)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}; the previous checkpoint is kept") from None
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {err.strerror or err}; the previous checkpoint is kept"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -93,9 +93,24 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--eval-k", type=int, default=100, help="importance samples for validation log p(x) (default: 100)")
     p.add_argument("--test-k", type=int, default=1000, help="importance samples for test log p(x) (default: 1000)")
     p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
-    p.add_argument("--lr-decay", type=float, default=1.0, help="learning-rate factor per epoch, an exponential schedule (default: 1.0, constant)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N optimizer steps; 0 = at epoch ends only (default: 0)")
-    p.add_argument("--nan-policy", default="stop", choices=["stop", "skip", "off"], help="on a NaN/Inf loss or gradient: stop naming the step and site, skip the batch and count it, or off (default: stop)")
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=1.0,
+        help="learning-rate factor per epoch, an exponential schedule (default: 1.0, constant)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="also checkpoint every N optimizer steps; 0 = at epoch ends only (default: 0)",
+    )
+    p.add_argument(
+        "--nan-policy",
+        default="stop",
+        choices=["stop", "skip", "off"],
+        help="on a NaN/Inf loss or gradient: stop naming the step and site, skip the batch and count it, or off (default: stop)",
+    )
     _add_common(p)
 
 

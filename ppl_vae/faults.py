@@ -13,6 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import pyro
 import torch
 
 from .data import DataError, check_data
@@ -28,7 +29,8 @@ def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data
     """
     check_data(x, what, unit_interval=False, flat=False)
     try:
-        terms = site_terms(model, guide, x[:2], num_particles=1)
+        with pyro.validation_enabled(False):  # the support is checked below, on every point, with a clearer message
+            terms = site_terms(model, guide, x[:2], num_particles=1)
     except ContractError:
         raise
     except (RuntimeError, ValueError) as err:
@@ -122,7 +124,8 @@ def diagnose(model, guide, x: torch.Tensor, params: dict[str, torch.Tensor]) -> 
             + (f" (and {len(bad_grads) - 1} more)" if len(bad_grads) > 1 else "")
         )
     try:
-        terms = site_terms(model, guide, x, num_particles=1)
+        with pyro.validation_enabled(False):  # let NaN parameters through to the log-densities
+            terms = site_terms(model, guide, x, num_particles=1)
         for where, group in (("guide", terms.guide_terms), ("model", terms.model_terms)):
             for name, log_p in group.items():
                 if not torch.isfinite(log_p).all():

@@ -284,10 +284,16 @@ class Trainer:
                 continue
             if set_progress is not None:
                 set_progress(self.step, self.epoch)
-            loss = self.objective.differentiable_loss(self.model, self.guide, xb)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.nan_policy != "off" and not bool(all_finite(loss, params)):
+            try:
+                loss = self.objective.differentiable_loss(self.model, self.guide, xb)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                finite = cfg.nan_policy == "off" or bool(all_finite(loss, params))
+            except ValueError as err:  # Pyro's validation refusing NaN distribution parameters
+                if cfg.nan_policy == "off" or "invalid values" not in str(err):
+                    raise
+                loss, finite = None, False
+            if not finite:
                 if cfg.nan_policy == "stop":
                     raise TrainingError(
                         f"non-finite loss or gradient at step {self.step + 1} (epoch {self.epoch + 1}, batch {i + 1}): "
@@ -302,7 +308,7 @@ class Trainer:
                 self.epoch_skipped += 1
             else:
                 self.optimizer.step()
-                self.epoch_total += loss.detach()
+                self.epoch_total += loss.detach()  # type: ignore[union-attr]
             self.step += 1
             self.batch_in_epoch += 1
             bar.update()
