@@ -39,6 +39,7 @@ TRAIN = [
     "50",
 ]
 TRAIN += ["--eval-every", "0", "--test-k", "5", "--no-progress", "--device", "cpu", "--checkpoint-every", "7"]
+EPOCHS = 30
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -60,7 +61,7 @@ def _finish(proc, timeout=300):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    code, _, err = _finish(_train(out, 12))
+    code, _, err = _finish(_train(out, EPOCHS))
     assert code == 0, err
     return load_checkpoint(out / "checkpoint.pt")
 
@@ -77,30 +78,34 @@ def test_sigkill_at_random_moments_then_resume_gives_the_straight_run_bit_for_bi
     kill the checkpoint on disk loads, and resuming to the end reproduces the run that was never
     stopped: the same parameters, bit for bit, and the same logged losses."""
     rng = random.Random(7)
-    out = tmp_path / "killed"
+    out, ckpt = tmp_path / "killed", tmp_path / "killed" / "checkpoint.pt"
     kills, resumes, last_step = 0, 0, -1
     for _ in range(4):
-        proc = _train(out, 12, *(["--resume"] if (out / "checkpoint.pt").exists() else []))
-        resumes += int((out / "checkpoint.pt").exists())
-        time.sleep(rng.uniform(3.0, 6.0))  # start-up takes about 2-3 s; then a random point of training
+        resumed = ckpt.exists()
+        launched = time.time()
+        proc = _train(out, EPOCHS, *(["--resume"] if resumed else []))
+        resumes += int(resumed)
+        # wait for this process's first checkpoint, then kill at a random moment after it
+        while proc.poll() is None and not (ckpt.exists() and ckpt.stat().st_mtime > launched):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.communicate()
-        if (out / "checkpoint.pt").exists():
-            state = load_checkpoint(out / "checkpoint.pt")  # never corrupt
-            assert state["step"] >= last_step  # and never older than what was there
-            last_step = state["step"]
-    assert kills >= 2, "the runs ended before they could be killed: lengthen them"
-    code, _, err = _finish(_train(out, 12, *(["--resume"] if (out / "checkpoint.pt").exists() else [])))
+        state = load_checkpoint(ckpt)  # never corrupt
+        assert state["step"] >= last_step  # and never older than what was there
+        last_step = state["step"]
+    assert kills >= 3 and resumes >= 3, "the runs ended before they could be killed: lengthen them"
+    code, _, err = _finish(_train(out, EPOCHS, "--resume"))
     assert code == 0, err
-    _same_run(load_checkpoint(out / "checkpoint.pt"), straight_run)
-    print(f"kills {kills}, resumes {resumes + 1}")
+    _same_run(load_checkpoint(ckpt), straight_run)
+    print(f"kills {kills}, resumes {resumes + 1}, last killed at step {last_step} of {straight_run['step']}")
 
 
 def test_sigint_saves_a_checkpoint_mid_epoch_and_exits_cleanly(tmp_path, straight_run):
     out = tmp_path / "interrupted"
-    proc = _train(out, 12)
+    proc = _train(out, EPOCHS)
     deadline = time.time() + 60
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -110,7 +115,7 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_exits_cleanly(tmp_path, straigh
     assert "checkpoint saved at" in err and "--resume" in err and "Traceback" not in err
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] < straight_run["step"]
-    code, _, err = _finish(_train(out, 12, "--resume"))
+    code, _, err = _finish(_train(out, EPOCHS, "--resume"))
     assert code == 0, err
     _same_run(load_checkpoint(out / "checkpoint.pt"), straight_run)
 
