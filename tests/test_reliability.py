@@ -135,8 +135,11 @@ def test_sigkill_during_checkpoint_writes_never_leaves_an_unreadable_file(tmp_pa
     rng = random.Random(3)
     seen = -1
     for _ in range(5):
+        launched = time.time()
         proc = subprocess.Popen([sys.executable, "-c", script, str(path), str(seen + 1)], env=ENV)
-        time.sleep(rng.uniform(1.5, 3.0))
+        while not (path.exists() and path.stat().st_mtime > launched):  # this process has written one
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.6))  # then a random moment, most likely inside a write
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         state = load_checkpoint(path)
