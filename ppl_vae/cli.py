@@ -260,17 +260,26 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _load_for_output(args):
+    """Rebuild the checkpoint's pair, seed, and pick the output folder (default: beside the checkpoint)."""
     from .device import seed_everything
-    from .experiment import format_table, load_trained, write_json
-    from .report import full_report, markdown_report, report_rows
+    from .experiment import load_trained
 
-    if args.k < 1:
-        raise ValueError(f"--k must be at least 1, got {args.k}")
     trainer, data = load_trained(args.checkpoint, device=args.device)
     seed_everything(args.seed)
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    return trainer, data, ckpt, out
+
+
+def cmd_evaluate(args) -> int:
+    from .experiment import format_table, write_json
+    from .report import full_report, markdown_report, report_rows
+
+    if args.k < 1:
+        raise ValueError(f"--k must be at least 1, got {args.k}")
+    trainer, data, ckpt, out = _load_for_output(args)
     x = data.eval_x("test", trainer.device)
     if args.n_points:
         x = x[: args.n_points]
@@ -312,17 +321,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .device import seed_everything
-    from .experiment import load_trained
     from .plots import sample, save_grid, save_pictures
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    trainer, data = load_trained(args.checkpoint, device=args.device)
-    seed_everything(args.seed)
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
-    out.mkdir(parents=True, exist_ok=True)
+    trainer, data, ckpt, out = _load_for_output(args)
     test_x = data.eval_x("test", trainer.device)
     paths = save_pictures(trainer.model, trainer.guide, test_x, data.image_shape, out)
     paths["samples"] = str(save_grid(sample(trainer.model, test_x, args.n), data.image_shape, out / "samples.png"))
