@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import DeviceBatches
+from .data import DeviceBatches, check_data
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .evaluate import elbo_terms, log_px
 from .faults import InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
@@ -242,6 +242,8 @@ class Trainer:
         batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic)
         first = batches.x[:2]
         self.refresh(batches.x)
+        if dynamic:  # intensities, binarised on the device each epoch
+            check_data(batches.x, "training data (intensities for dynamic binarisation)", flat=False)
         check_pair_on_data(self.model, self.guide, torch.bernoulli(batches.x) if dynamic else batches.x, "training data")
         if val_x is not None:
             val_x = val_x.to(self.device)

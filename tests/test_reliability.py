@@ -18,7 +18,7 @@ import torch
 from ppl_vae import TrainConfig, Trainer
 from ppl_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ppl_vae.cli import main
-from ppl_vae.data import load_dataset
+from ppl_vae.data import DataError, load_dataset
 from ppl_vae.faults import diagnose
 from ppl_vae.guides import MeanFieldGuide
 from ppl_vae.models import VAE
@@ -245,6 +245,12 @@ def test_bad_training_data_is_refused_with_its_name(case):
     x = torch.bernoulli(_digits()[0])
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Trainer(*_pair(), TrainConfig(progress=False)).fit(transform(x.clone()), None)
+
+
+def test_intensities_outside_the_unit_interval_are_refused_for_dynamic_binarisation():
+    x = _digits()[0] * 2.0
+    with pytest.raises(DataError, match=r"intensities for dynamic binarisation\) has values in \[0, 2\]"):
+        Trainer(*_pair(), TrainConfig(progress=False)).fit(x, None, dynamic=True)
 
 
 def test_mismatched_sites_and_a_missing_data_plate_are_contract_errors():
