@@ -19,18 +19,14 @@ import torch
 from torch.distributions import Independent, kl_divergence
 
 from ..sites import SiteTerms
-from .importance import PerPointObjective, path_only
+from .importance import PerPointObjective, path_log_weights
 
 
 class STL(PerPointObjective):
     """ELBO with the sticking-the-landing gradient, averaged over ``num_particles`` samples."""
 
     def point_surrogate(self, terms: SiteTerms):
-        surrogate = terms.log_likelihood() + terms.log_prior()
-        for name in terms.guide_terms:
-            site = terms.guide_trace.nodes[name]
-            surrogate = surrogate - terms.reduce(name, path_only(site["fn"], site["value"]), guide=True)
-        return terms.log_weights().mean(0), surrogate.mean(0)
+        return terms.log_weights().mean(0), path_log_weights(terms).mean(0)
 
 
 def latent_kl(terms: SiteTerms, per: str = "site", analytic: bool = False) -> dict[str, torch.Tensor]:

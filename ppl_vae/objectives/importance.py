@@ -41,6 +41,16 @@ def path_only(fn, value: torch.Tensor) -> torch.Tensor:
     return log_q - (at_fixed - at_fixed.detach())
 
 
+def path_log_weights(terms: SiteTerms) -> torch.Tensor:
+    """``log p(x, z) - log q(z | x)`` per particle and point, ``(K, B)``, with the guide's score
+    term at fixed z removed from the gradient (:func:`path_only` at every guide site)."""
+    out = terms.log_likelihood() + terms.log_prior()
+    for name in terms.guide_terms:
+        site = terms.guide_trace.nodes[name]
+        out = out - terms.reduce(name, path_only(site["fn"], site["value"]), guide=True)
+    return out
+
+
 class PerPointObjective:
     """Base of objectives written on per-point log-weights ``(K, B)``.
 
@@ -144,10 +154,7 @@ class DReG(PerPointObjective):
         log_w = terms.log_weights()
         bound = log_mean_exp(log_w)
         w = torch.softmax(log_w.detach(), dim=0)
-        path_log_w = terms.log_likelihood() + terms.log_prior()
-        for name in terms.guide_terms:
-            site = terms.guide_trace.nodes[name]
-            path_log_w = path_log_w - terms.reduce(name, path_only(site["fn"], site["value"]), guide=True)
+        path_log_w = path_log_weights(terms)
         fixed_z = self._model_at_detached_samples(terms)
         # guide: w^2 on the path derivative; model: w on log p, undoing the w^2 the first term gave it
         surrogate = (w**2 * path_log_w).sum(0) + ((w - w**2) * fixed_z).sum(0)

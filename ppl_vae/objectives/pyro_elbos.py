@@ -37,15 +37,20 @@ def analytic_sites(model, guide, *args, **kwargs) -> dict[str, bool]:
     return out
 
 
+def pyro_elbo_options(num_particles: int, max_plate_nesting: int | None) -> dict:
+    """Keyword arguments of Pyro's ELBO classes: particles vectorised when there are several."""
+    kw: dict = {"num_particles": num_particles, "vectorize_particles": num_particles > 1}
+    if max_plate_nesting is not None:
+        kw["max_plate_nesting"] = max_plate_nesting
+    return kw
+
+
 class AnalyticKLELBO:
     """``TraceMeanField_ELBO`` that refuses, with the site named, to pretend a KL is analytic."""
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: int | None = None, jit: bool = False):
-        kw = {"num_particles": num_particles, "vectorize_particles": num_particles > 1}
-        if max_plate_nesting is not None:
-            kw["max_plate_nesting"] = max_plate_nesting
         cls = pyro.infer.JitTraceMeanField_ELBO if jit else pyro.infer.TraceMeanField_ELBO
-        self.elbo = cls(**kw)
+        self.elbo = cls(**pyro_elbo_options(num_particles, max_plate_nesting))
         self.jit = jit
         self.analytic: dict[str, bool] | None = None
 
@@ -76,10 +81,7 @@ class JitTraceELBO:
     """Pyro's ``JitTrace_ELBO`` with its ``torch.jit.trace`` deprecation warning silenced."""
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: int | None = None):
-        kw = {"num_particles": num_particles, "vectorize_particles": num_particles > 1}
-        if max_plate_nesting is not None:
-            kw["max_plate_nesting"] = max_plate_nesting
-        self.elbo = pyro.infer.JitTrace_ELBO(**kw)
+        self.elbo = pyro.infer.JitTrace_ELBO(**pyro_elbo_options(num_particles, max_plate_nesting))
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         return _quiet(True, self.elbo.differentiable_loss, model, guide, *args, **kwargs)

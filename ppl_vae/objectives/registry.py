@@ -18,18 +18,11 @@ import pyro.infer
 from .elbo import STL, FreeBitsELBO
 from .importance import IWAE, DReG, RenyiBound
 from .modifiers import LatentScaled
-from .pyro_elbos import AnalyticKLELBO, JitTraceELBO
-
-
-def _pyro_kw(k, max_plate_nesting):
-    kw: dict[str, Any] = {"num_particles": k, "vectorize_particles": k > 1}
-    if max_plate_nesting is not None:
-        kw["max_plate_nesting"] = max_plate_nesting
-    return kw
+from .pyro_elbos import AnalyticKLELBO, JitTraceELBO, pyro_elbo_options
 
 
 def _elbo(k: int = 1, max_plate_nesting=None):
-    return pyro.infer.Trace_ELBO(**_pyro_kw(k, max_plate_nesting))
+    return pyro.infer.Trace_ELBO(**pyro_elbo_options(k, max_plate_nesting))
 
 
 OBJECTIVES: dict[str, Callable[..., Any]] = {
