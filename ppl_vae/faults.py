@@ -107,33 +107,34 @@ def all_finite(loss: torch.Tensor, params) -> torch.Tensor:
     return torch.stack(flags).all()
 
 
+def _named(names: list[str], what: str) -> list[str]:
+    """``["<what> 'first' is not finite (and n more)"]``, or nothing when ``names`` is empty."""
+    if not names:
+        return []
+    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+    return [f"{what} '{names[0]}' is not finite{more}"]
+
+
+def _first_bad_site(model, guide, x: torch.Tensor) -> str | None:
+    with pyro.validation_enabled(False):  # let NaN parameters through to the log-densities
+        terms = site_terms(model, guide, x, num_particles=1)
+    for where, group in (("guide", terms.guide_terms), ("model", terms.model_terms)):
+        for name, log_p in group.items():
+            if not torch.isfinite(log_p).all():
+                row = int((~torch.isfinite(log_p)).any(0).nonzero()[0])
+                return f"the log-density of {where} site '{name}' is {log_p[0, row].item()} at batch row {row}"
+    return None
+
+
 @torch.no_grad()
 def diagnose(model, guide, x: torch.Tensor, params: dict[str, torch.Tensor]) -> str:
     """Name what went bad: parameters that are not finite, gradients that are not, and the first
     sample site (guide, then model) whose log-density is not finite on this batch."""
-    parts = []
-    bad_params = [n for n, p in params.items() if not torch.isfinite(p).all()]
-    if bad_params:
-        parts.append(
-            f"parameter '{bad_params[0]}' is not finite" + (f" (and {len(bad_params) - 1} more)" if len(bad_params) > 1 else "")
-        )
-    bad_grads = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    if bad_grads:
-        parts.append(
-            f"the gradient of '{bad_grads[0]}' is not finite"
-            + (f" (and {len(bad_grads) - 1} more)" if len(bad_grads) > 1 else "")
-        )
+    parts = _named([n for n, p in params.items() if not torch.isfinite(p).all()], "parameter")
+    parts += _named([n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()], "the gradient of")
     try:
-        with pyro.validation_enabled(False):  # let NaN parameters through to the log-densities
-            terms = site_terms(model, guide, x, num_particles=1)
-        for where, group in (("guide", terms.guide_terms), ("model", terms.model_terms)):
-            for name, log_p in group.items():
-                if not torch.isfinite(log_p).all():
-                    row = int((~torch.isfinite(log_p)).any(0).nonzero()[0])
-                    parts.append(f"the log-density of {where} site '{name}' is {log_p[0, row].item()} at batch row {row}")
-                    raise StopIteration
-    except StopIteration:
-        pass
+        site = _first_bad_site(model, guide, x)
     except Exception as err:  # the forward pass itself fails on these values
-        parts.append(f"re-running the pair on the batch fails: {err}")
+        site = f"re-running the pair on the batch fails: {err}"
+    parts += [site] if site else []
     return "; ".join(parts) or "no site or parameter is non-finite on re-evaluation (a transient overflow)"
