@@ -114,6 +114,14 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     _add_common(p)
 
 
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that read a checkpoint (evaluate, sample)."""
+    p.add_argument("checkpoint", help="checkpoint file written by ppl-vae train (or its folder)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    _add_common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .objectives import OBJECTIVES
 
@@ -157,23 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw samples and reconstructions from a checkpoint",
         description="Write samples.png (unconditional samples; the ACN prior samples by its chain through the prior network) and reconstructions.png (test data and their reconstructions) for a trained checkpoint.",
     )
-    sp.add_argument("checkpoint", help="checkpoint file written by ppl-vae train (or its folder)")
+    _add_checkpoint_options(sp)
     sp.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    sp.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
-    _add_common(sp)
 
     e = sub.add_parser(
         "evaluate",
         help="score a checkpoint",
         description="Estimate test log p(x) (with standard error and K), ELBO, rate, distortion and active units of a trained checkpoint; writes evaluation.json and pictures beside it (or into --out).",
     )
-    e.add_argument("checkpoint", help="checkpoint file written by ppl-vae train (or its folder)")
+    _add_checkpoint_options(e)
     e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
-    e.add_argument("--seed", type=int, default=0, help="random seed of the estimate (default: 0)")
-    e.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
     e.add_argument("--n-points", type=int, default=0, help="score only the first N test points (default: all)")
-    _add_common(e)
     return parser
 
 
