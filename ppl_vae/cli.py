@@ -111,6 +111,13 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         choices=["stop", "skip", "off"],
         help="on a NaN/Inf loss or gradient: stop naming the step and site, skip the batch and count it, or off (default: stop)",
     )
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="capture the training step once per batch shape and run it compiled: on, off, or auto (default: compile runs "
+        "of 2,000 steps or more); a pair that cannot be captured trains eagerly, with one line saying why",
+    )
     _add_common(p)
 
 
@@ -230,6 +237,7 @@ def _spec_and_config(args, objective: str):
         lr_decay=args.lr_decay,
         checkpoint_every=args.checkpoint_every,
         nan_policy=args.nan_policy,
+        compile=args.compile,
     )
     return spec, config
 

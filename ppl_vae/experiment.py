@@ -76,6 +76,7 @@ def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 10
     history = trainer.fit(train_x, val_x, dynamic=dynamic, resume=resume)
     result = score(trainer, data, test_k, out=Path(config.out) if config.out else None)
     result["history"] = history
+    result["step"] = trainer.step_fn.reason
     result["seconds_per_epoch"] = sum(r["seconds"] for r in history) / len(history)
     result["train_loss"] = history[-1]["train_loss"]
     result["val_elbo"] = history[-1]["val_elbo"]
@@ -140,6 +141,8 @@ def report_table(result: dict) -> str:
     ]
     if "seconds_per_epoch" in result:
         rows.append(("time per epoch", f"{result['seconds_per_epoch']:.2f} s over {result['epochs']} epochs"))
+    if "step" in result:
+        rows.append(("training step", result["step"]))
     return format_table(rows)
 
 

@@ -30,6 +30,7 @@ from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .evaluate import elbo_terms, log_px
 from .faults import InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
 from .objectives import get_objective
+from .step import COMPILE_MODES, make_step, module_of
 
 CHECKPOINT_NAME = "checkpoint.pt"
 NAN_POLICIES = ("stop", "skip", "off")
@@ -72,6 +73,7 @@ class TrainConfig:
     lr_decay: float = 1.0
     checkpoint_every: int = 0
     nan_policy: str = "stop"
+    compile: str = "auto"
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -88,19 +90,15 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be 0 (epoch ends only) or positive, got {self.checkpoint_every}")
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got '{self.nan_policy}'")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got '{self.compile}'")
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed under this config."""
         d = asdict(self)
-        for key in ("epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy"):
+        for key in ("epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy", "compile"):
             d.pop(key)
         return d
-
-
-def module_of(fn) -> torch.nn.Module | None:
-    """The module a model or guide is, or whose bound method it is (``vae.model`` as in Pyro's examples)."""
-    module = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
-    return module if isinstance(module, torch.nn.Module) else None
 
 
 def _to_device(fn, device):
@@ -136,6 +134,7 @@ class Trainer:
         self.epoch_order: torch.Tensor | None = None
         self.epoch_total: torch.Tensor | None = None
         self.epoch_skipped = 0
+        self.step_fn: Any = None  # EagerStep or CompiledStep, chosen in fit()
         pyro.clear_param_store()
 
     # ------------------------------------------------------------------ parameters
@@ -254,6 +253,17 @@ class Trainer:
         if resume:
             self._resume()
         self.epoch_order = batches.state() if self.epoch_order is None else self.epoch_order
+        example = batches.x[: cfg.batch_size]
+        self.step_fn = make_step(
+            cfg.compile,
+            self.objective,
+            self.model,
+            self.guide,
+            list(self.params.values()),
+            (example > 0.5).to(example.dtype) if dynamic else example,
+            steps_to_go=(cfg.epochs - self.epoch) * len(batches) - self.batch_in_epoch,
+            log=tqdm.write,
+        )
         bar = tqdm(
             total=cfg.epochs * len(batches),
             initial=self.epoch * len(batches) + self.batch_in_epoch,
@@ -287,9 +297,7 @@ class Trainer:
             if set_progress is not None:
                 set_progress(self.step, self.epoch)
             try:
-                loss = self.objective.differentiable_loss(self.model, self.guide, xb)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = self.step_fn(xb)  # the loss, with every parameter's gradient in .grad
                 finite = cfg.nan_policy == "off" or bool(all_finite(loss, params))
             except ValueError as err:  # Pyro's validation refusing NaN distribution parameters
                 if cfg.nan_policy == "off" or "invalid values" not in str(err):
@@ -310,7 +318,7 @@ class Trainer:
                 self.epoch_skipped += 1
             else:
                 self.optimizer.step()
-                self.epoch_total += loss.detach()  # type: ignore[union-attr]
+                self.epoch_total += loss  # type: ignore[operator]
             self.step += 1
             self.batch_in_epoch += 1
             bar.update()

@@ -14,11 +14,12 @@ reports progress through :meth:`LatentScaled.set_progress`.
 
 from __future__ import annotations
 
+import torch
 from pyro.poutine.messenger import Messenger
 
 
 class _ScaleLatents(Messenger):
-    def __init__(self, scale: float):
+    def __init__(self, scale: float | torch.Tensor):
         super().__init__()
         self.scale = scale
 
@@ -27,7 +28,7 @@ class _ScaleLatents(Messenger):
             msg["scale"] = self.scale * msg["scale"]
 
 
-def scale_latents(fn, scale: float):
+def scale_latents(fn, scale: float | torch.Tensor):
     """``fn`` with every latent (unobserved) sample site's log-density multiplied by ``scale``."""
 
     def scaled(*args, **kwargs):
@@ -54,10 +55,18 @@ class LatentScaled:
         self.objective, self.beta = objective, float(beta)
         self.warmup, self.warmup_epochs = int(warmup), int(warmup_epochs)
         self.step = self.epoch = 0
+        # under a schedule beta_t changes every step: it is a tensor, so a compiled step reads it as an input
+        self._beta_t: torch.Tensor | None = None
 
     def set_progress(self, step: int, epoch: int) -> None:
         """Optimizer steps and whole epochs done so far (called by the trainer before each step)."""
         self.step, self.epoch = step, epoch
+        if self._beta_t is not None:
+            self._beta_t.fill_(self.current_beta)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Tensors whose values change between steps (a compiled step takes them as inputs)."""
+        return [self._beta_t] if self._beta_t is not None else []
 
     @property
     def current_beta(self) -> float:
@@ -67,15 +76,20 @@ class LatentScaled:
             return self.beta * min(1.0, self.epoch / self.warmup_epochs)
         return self.beta
 
-    def _pair(self, model, guide):
-        b = self.current_beta
+    def _pair(self, model, guide, args):
+        b: float | torch.Tensor = self.current_beta
+        if self.warmup or self.warmup_epochs:
+            if self._beta_t is None:
+                device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+                self._beta_t = torch.tensor(b, device=device)
+            b = self._beta_t
         return scale_latents(model, b), scale_latents(guide, b)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        return self.objective.differentiable_loss(*self._pair(model, guide), *args, **kwargs)
+        return self.objective.differentiable_loss(*self._pair(model, guide, args), *args, **kwargs)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        return self.objective.loss(*self._pair(model, guide), *args, **kwargs)
+        return self.objective.loss(*self._pair(model, guide, args), *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"LatentScaled({self.objective!r}, beta={self.beta}, warmup={self.warmup}, warmup_epochs={self.warmup_epochs})"
