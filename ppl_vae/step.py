@@ -215,14 +215,21 @@ class CompiledStep:
         if len(self.graphs) >= MAX_SHAPES:
             raise CaptureError(f"more than {MAX_SHAPES} input shapes (the batch shape keeps changing)")
         state = self._state()
-        graph, used = self._capture(x, state)
-        try:
-            if self.verify:
-                self._check(graph, used, x, state)
-        except CaptureError:
-            raise
-        except Exception as err:  # the compiler refusing the graph
-            raise CaptureError(_why(err)) from None
+        # torch's compiler, loaded and run here (the first call compiles), imports modules that
+        # warn of their own deprecation
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            graph, used = self._capture(x, state)
+            try:
+                if self.verify:
+                    self._check(graph, used, x, state)
+                else:
+                    with _same_draws(x.device):
+                        self._run(graph, used, x, state)
+            except CaptureError:
+                raise
+            except Exception as err:  # the compiler refusing the graph
+                raise CaptureError(_why(err)) from None
         self.graphs[key] = (graph, used)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
