@@ -14,12 +14,19 @@ with K; only a running log-sum-exp per point is kept.
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .sites import guess_max_plate_nesting, site_terms
+from .step import COMPILE_MODES, CaptureError, buffers_of, capture_graph, module_of, params_of, same_draws
+
+# log_px(compile="auto") compiles from this many importance samples times data points: below it
+# (a validation estimate, say) a compile on 2 CPU cores costs more than it saves
+AUTO_COMPILE_POINT_SAMPLES = 5_000_000
 
 
 @dataclass
@@ -91,6 +98,57 @@ def iwae_ladder(log_w: torch.Tensor, ks) -> dict[int, torch.Tensor]:
     return out
 
 
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class LogWeights:
+    """Importance log-weights ``(K, B)`` of one chunk of particles and data points.
+
+    Eager: :func:`ppl_vae.sites.site_terms` every chunk. Compiled: the same computation captured
+    once per (batch, K) shape (:func:`ppl_vae.step.capture_graph`), checked against the eager
+    one on the same draws, and replayed; a chunk shape that cannot be captured runs eagerly,
+    with one line saying why.
+    """
+
+    def __init__(self, model, guide, max_plate_nesting: int, compiled: bool, log=print):
+        self.model, self.guide, self.mpn, self.compiled, self.log = model, guide, max_plate_nesting, compiled, log
+        # graphs outlive one call (validation every few epochs, the report's passes): kept with the guide
+        owner = module_of(guide) or guide
+        self.graphs: dict[tuple, object] = _GRAPHS.setdefault(owner, {})
+
+    def eager(self, xb: torch.Tensor, k: int) -> torch.Tensor:
+        return site_terms(self.model, self.guide, xb, num_particles=k, max_plate_nesting=self.mpn).log_weights()
+
+    def _inputs(self, xb):
+        return [xb, *buffers_of(self.model, self.guide), *params_of(self.model, self.guide)]
+
+    def _prepare(self, xb: torch.Tensor, k: int):
+        inputs = self._inputs(xb)
+        with same_draws(xb.device), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch's compiler loading its own modules
+            graph = capture_graph(lambda x, *rest: self.eager(x, k), inputs)
+            with same_draws(xb.device):
+                expected = self.eager(xb, k)
+            got = graph(*inputs)
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-3):
+            diff = float((got - expected).abs().max())
+            raise CaptureError(f"the compiled log-weights differ from the eager ones by {diff:.3g} on the same draws")
+        return graph
+
+    def __call__(self, xb: torch.Tensor, k: int) -> torch.Tensor:
+        if not self.compiled:
+            return self.eager(xb, k)
+        key = (id(module_of(self.model) or self.model), tuple(xb.shape), k, xb.device, self.mpn, len(self._inputs(xb)))
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._prepare(xb, k)
+            except CaptureError as err:
+                self.graphs[key] = None
+                self.log(f"ppl_vae: log p(x) chunks of {k} samples x {xb.shape[0]} points run eagerly: {err}")
+        graph = self.graphs[key]
+        return self.eager(xb, k) if graph is None else graph(*self._inputs(xb))
+
+
 def _batches(x: torch.Tensor, batch_size: int):
     for start in range(0, x.shape[0], batch_size):
         yield x[start : start + batch_size]
@@ -108,6 +166,7 @@ def log_px(
     ladder=(),
     psis: bool = False,
     max_weights: int = 4_000_000,
+    compile: str = "auto",
 ) -> LogPx:
     """Importance-sampling estimate of log p(x) per data point for any contract-following pair.
 
@@ -119,6 +178,9 @@ def log_px(
         ladder: also report the IWAE bound for each of these k <= K, from the same samples.
         psis: also compute each point's Pareto k-hat (ArviZ's PSIS). Both keep a batch's K
             weights, so the batch shrinks to keep ``K * batch <= max_weights``.
+        compile: ``"on"`` runs each chunk as a graph compiled once per chunk shape
+            (:class:`LogWeights`), ``"off"`` eagerly, ``"auto"`` compiled when ``K * N`` is at
+            least :data:`AUTO_COMPILE_POINT_SAMPLES`. The draws are the same either way.
     Returns:
         :class:`LogPx` with mean, standard errors and per-point estimates.
     """
@@ -126,7 +188,11 @@ def log_px(
         raise ValueError(f"k (importance samples) must be at least 1, got {k}")
     if x.shape[0] == 0:
         raise ValueError("log_px needs at least one data point; x is empty")
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got '{compile}'")
     mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
+    compiled = compile == "on" or (compile == "auto" and k * x.shape[0] >= AUTO_COMPILE_POINT_SAMPLES)
+    log_weights = LogWeights(model, guide, mpn, compiled, log=tqdm.write)
     keep = bool(ladder) or psis
     if keep:
         batch_size = max(1, min(batch_size, max_weights // k))
@@ -138,7 +204,7 @@ def log_px(
         done, kept = 0, []
         while done < k:
             kc = min(chunk_k, k - done)
-            lw = site_terms(model, guide, xb, num_particles=kc, max_plate_nesting=mpn).log_weights()
+            lw = log_weights(xb, kc)
             lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
             lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
             if keep:

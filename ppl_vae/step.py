@@ -109,6 +109,42 @@ def traceable_pyro():
             setattr(mod, name, value)
 
 
+def capture_graph(fn, inputs: list[torch.Tensor], backend: str = "inductor"):
+    """``fn(*inputs)`` recorded once as a graph of tensor operations (forward, and backward where
+    ``fn`` asks autograd for gradients), compiled by inductor unless ``backend == "graph"``.
+
+    The inputs are the very tensors ``fn`` reaches (parameters, buffers): tracing binds each
+    use of them to a graph input, so later calls read their current values. Raises
+    :class:`CaptureError` with the reason when ``fn`` cannot be traced.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    try:
+        with traceable_pyro(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = make_fx(fn)(*inputs)
+    except Exception as err:  # whatever stops tracing means: run eagerly
+        raise CaptureError(_why(err)) from None
+    if backend == "inductor":
+        cuda = any(t.device.type == "cuda" for t in inputs)
+        # on CUDA the replay is one CUDA graph; random draws stay torch's own operations on every device
+        graph = torch.compile(graph, dynamic=False, mode="reduce-overhead" if cuda else None, options={"fallback_random": True})
+    return graph
+
+
+def params_of(*fns) -> list[torch.Tensor]:
+    """Every tensor a pair may train: its modules' parameters and Pyro's param store (unconstrained)."""
+    out, seen = [], set()
+    modules = [m for m in (module_of(fn) for fn in fns) if m is not None]
+    tensors = [p for m in modules for p in m.parameters()]
+    tensors += [p for _, p in pyro.get_param_store().named_parameters()]
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
 def _why(err: Exception) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if "_local_scalar_dense" in str(err) or "data-dependent" in str(err):
@@ -154,9 +190,7 @@ class CompiledStep:
         return buffers_of(self.model, self.guide) + (list(state()) if state is not None else [])
 
     def _capture(self, x: torch.Tensor, state: list[torch.Tensor]):
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        params, n_state = self.params, len(state)
+        n_state = len(state)
         used: list[bool] = []
 
         def step(x, *inputs):
@@ -166,16 +200,7 @@ class CompiledStep:
             used[:] = [g is not None for g in grads]
             return (loss.detach(), *[g for g in grads if g is not None])
 
-        try:
-            with traceable_pyro(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                graph = make_fx(step)(x, *state, *params)
-        except Exception as err:  # whatever stops tracing means: run eagerly
-            raise CaptureError(_why(err)) from None
-        if self.backend == "inductor":
-            mode = "reduce-overhead" if x.device.type == "cuda" else None
-            graph = torch.compile(graph, dynamic=False, mode=mode, options={"fallback_random": True})
-        return graph, used
+        return capture_graph(step, [x, *state, *self.params], self.backend), used
 
     def _run(self, graph, used, x, state) -> torch.Tensor:
         with torch.no_grad():
@@ -187,10 +212,10 @@ class CompiledStep:
 
     def _check(self, graph, used, x, state) -> None:
         """Compiled and eager on the same draws: the loss and every gradient agree to ``rtol``."""
-        with _same_draws(x.device):
+        with same_draws(x.device):
             eager_loss = self.eager(x)
             eager_grads = [None if p.grad is None else p.grad.clone() for p in self.params]
-        with _same_draws(x.device):
+        with same_draws(x.device):
             loss = self._run(graph, used, x, state)
         bad = []
         if not torch.allclose(loss, eager_loss, rtol=self.rtol, atol=self.rtol):
@@ -224,7 +249,7 @@ class CompiledStep:
                 if self.verify:
                     self._check(graph, used, x, state)
                 else:
-                    with _same_draws(x.device):
+                    with same_draws(x.device):
                         self._run(graph, used, x, state)
             except CaptureError:
                 raise
@@ -236,7 +261,7 @@ class CompiledStep:
         key = (tuple(x.shape), x.dtype, x.device)
         if key not in self.graphs:
             try:
-                with _same_draws(x.device):  # capturing draws no numbers the eager step would not
+                with same_draws(x.device):  # capturing draws no numbers the eager step would not
                     self.prepare(x)
             except CaptureError as err:
                 self.graphs[key] = None
@@ -248,7 +273,7 @@ class CompiledStep:
 
 
 @contextlib.contextmanager
-def _same_draws(device: torch.device):
+def same_draws(device: torch.device):
     """Leave the global generators (CPU and ``device``) as they were."""
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -272,7 +297,7 @@ def make_step(mode: str, objective, model, guide, params: list[torch.Tensor], ex
         return eager
     step = CompiledStep(objective, model, guide, params, log=log)
     try:
-        with _same_draws(example.device):
+        with same_draws(example.device):
             step.prepare(example)
     except CaptureError as err:
         eager.reason = f"eager: the step could not be compiled ({err})"

@@ -34,7 +34,10 @@ def test_example_runs(name, tmp_path):
 
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-BENCH_TINY = {"train_speed.py": ["--epochs", "2", "--n", "200", "--hidden", "32", "--device", "cpu"]}
+BENCH_TINY = {
+    "train_speed.py": ["--cases", "vae100", "--epochs", "2", "--rounds", "1", "--n", "200", "--no-pythae", "--device", "cpu"],
+    "log_px_speed.py": ["--n", "20", "--k", "20", "--chunk-k", "10", "--batch", "10", "--rounds", "1", "--device", "cpu"],
+}
 
 
 def test_every_benchmark_is_smoke_tested():
