@@ -55,6 +55,7 @@ class SiteTerms:
     guide_trace: poutine.Trace = field(repr=False)
     model_trace: poutine.Trace = field(repr=False)
     model_fn: object = field(repr=False, default=None)
+    guide_fn: object = field(repr=False, default=None)
     args: tuple = field(repr=False, default=())
     kwargs: dict = field(repr=False, default_factory=dict)
 
@@ -85,6 +86,17 @@ class SiteTerms:
     def log_weights(self) -> torch.Tensor:
         """Importance log-weights ``log p(x, z) - log q(z | x)``, shape ``(K, B)``."""
         return self.log_likelihood() + self.log_prior() - self.log_guide()
+
+    def replay_at_detached_samples(self, guide: bool = False) -> poutine.Trace:
+        """The model (or the guide) run again at the guide's samples with their gradient paths cut:
+        every distribution is rebuilt from fixed z, so its log-density at sg z has gradient only
+        through the parameters (the score term)."""
+        detached = self.guide_trace.copy()
+        for site in detached.nodes.values():
+            if site["type"] == "sample":
+                site["value"] = site["value"].detach()
+        fn = vectorized(self.guide_fn if guide else self.model_fn, self.num_particles, self.particle_dim)
+        return poutine.trace(poutine.replay(fn, trace=detached)).get_trace(*self.args, **self.kwargs)
 
 
 def _sum_terms(terms: list[torch.Tensor], ref: SiteTerms) -> torch.Tensor:
@@ -233,6 +245,7 @@ def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: i
         num_particles=num_particles,
         particle_dim=particle_dim,
         model_fn=model,
+        guide_fn=guide,
         args=args,
         kwargs=kwargs,
         guide_trace=guide_trace,

@@ -18,36 +18,49 @@ from __future__ import annotations
 
 import math
 
-import pyro.poutine as poutine
 import torch
 
-from ..sites import SiteTerms, guess_max_plate_nesting, site_terms, vectorized
+from ..sites import SiteTerms, guess_max_plate_nesting, site_terms
 
 
-def path_only(fn, value: torch.Tensor) -> torch.Tensor:
-    """``log fn(value)`` whose gradient holds only the path through ``value``.
-
-    ``log q(z; phi) - [log q(sg z; phi) - sg(.)]``: same value, the score term at fixed
-    z subtracted. Works for any distribution, flows included.
-    """
-    log_q = fn.log_prob(value)
+def _at_fixed(fn, value: torch.Tensor) -> torch.Tensor:
+    """``log fn(value)`` at a detached value, or a clear error where ``fn`` cannot evaluate it."""
     try:
-        at_fixed = fn.log_prob(value.detach())
+        return fn.log_prob(value.detach())
     except (KeyError, NotImplementedError):  # Pyro's planar/radial flows know log q only at their own samples
         raise ValueError(
             f"this estimator (stl, dreg) evaluates log q at a detached sample, and the guide's {type(fn).__name__} "
             "cannot (a flow without an inverse, such as planar or radial); use elbo or iwae with this guide"
         ) from None
-    return log_q - (at_fixed - at_fixed.detach())
+
+
+def path_only(fn, value: torch.Tensor) -> torch.Tensor:
+    """``log fn(value)`` whose gradient holds only the path through ``value``, for a site whose
+    distribution ``fn`` does not depend on other samples (see :func:`path_log_weights` otherwise).
+
+    ``log q(z; phi) - [log q(sg z; phi) - sg(.)]``: same value, the score term at fixed
+    z subtracted. Works for any distribution, flows included.
+    """
+    at_fixed = _at_fixed(fn, value)
+    return fn.log_prob(value) - (at_fixed - at_fixed.detach())
 
 
 def path_log_weights(terms: SiteTerms) -> torch.Tensor:
-    """``log p(x, z) - log q(z | x)`` per particle and point, ``(K, B)``, with the guide's score
-    term at fixed z removed from the gradient (:func:`path_only` at every guide site)."""
-    out = terms.log_likelihood() + terms.log_prior()
+    r"""``log p(x, z) - log q(z | x)`` per particle and point, ``(K, B)``, with the guide's score
+    term removed from the gradient.
+
+    The score term is :math:`\partial \log q(z; \phi) / \partial \phi` with *every* z held
+    fixed. In a guide such as q(z1 | x) q(z2 | z1) the parameters of q(z2 | .) depend on the
+    reparameterised z1, so detaching each site's own value is not enough: the guide is run
+    again at the detached samples (:meth:`SiteTerms.replay_at_detached_samples`) and its
+    log-density there is what is subtracted. Its value is zero; the path derivative stays.
+    """
+    fixed = terms.replay_at_detached_samples(guide=True)
+    out = terms.log_weights()
     for name in terms.guide_terms:
-        site = terms.guide_trace.nodes[name]
-        out = out - terms.reduce(name, path_only(site["fn"], site["value"]), guide=True)
+        site, value = fixed.nodes[name], terms.guide_trace.nodes[name]["value"]
+        at_fixed = _at_fixed(site["fn"], value)
+        out = out + terms.reduce(name, at_fixed - at_fixed.detach(), guide=True)
     return out
 
 
@@ -162,12 +175,7 @@ class DReG(PerPointObjective):
 
     def _model_at_detached_samples(self, terms) -> torch.Tensor:
         """log p(x, sg z) per particle and point: gradient to the model's parameters only."""
-        detached = terms.guide_trace.copy()
-        for site in detached.nodes.values():
-            if site["type"] == "sample":
-                site["value"] = site["value"].detach()
-        model = vectorized(terms.model_fn, terms.num_particles, terms.particle_dim)
-        trace = poutine.trace(poutine.replay(model, trace=detached)).get_trace(*terms.args, **terms.kwargs)
+        trace = terms.replay_at_detached_samples()
         total = 0.0
         for name in terms.model_terms:
             site = trace.nodes[name]
