@@ -35,8 +35,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check ppl_vae models guides tests examples benchmarks
 	$(BIN)/ruff format --check ppl_vae models guides tests examples benchmarks
 
+# pythae 0.1.2 is one of the references; the full-MNIST rows read BENCH_DATA if it holds mnist.npz
+BENCH_DATA ?= ../shared/data
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python -m pip install -q "pythae==0.1.2"
+	$(BIN)/python benchmarks/train_speed.py $(if $(wildcard $(BENCH_DATA)/mnist.npz),--cases vae100,vae20,vae-iwae50,2layer,2layer-iwae50,full100,full20 --data-dir $(BENCH_DATA))
+	$(BIN)/python benchmarks/log_px_speed.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -183,12 +183,15 @@ def pythae_vae(x, cfg):
                 no_cuda=cfg.device.type != "cuda",
                 seed=cfg.seed,
             )
-            trainer = BaseTrainer(model, BaseDataset(data, torch.zeros(len(data))), training_config=tc)
-            start = time.perf_counter()
-            trainer.train()
-            return time.perf_counter() - start
+            logging.disable(logging.WARNING)  # pythae logs its set-up and every epoch on stdout
+            try:
+                trainer = BaseTrainer(model, BaseDataset(data, torch.zeros(len(data))), training_config=tc)
+                start = time.perf_counter()
+                trainer.train()
+                return time.perf_counter() - start
+            finally:
+                logging.disable(logging.NOTSET)
 
-    logging.getLogger("pythae").setLevel(logging.ERROR)
     one = run(1)
     many = run(cfg.epochs)
     return [one, *([(many - one) / (cfg.epochs - 1)] * (cfg.epochs - 1))]

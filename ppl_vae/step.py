@@ -203,6 +203,9 @@ class CompiledStep:
         return capture_graph(step, [x, *state, *self.params], self.backend), used
 
     def _run(self, graph, used, x, state) -> torch.Tensor:
+        if x.device.type == "cuda":
+            # a new training iteration: the CUDA graph may reuse the last replay's output memory
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():
             out = graph(x, *state, *self.params)
         grads = iter(out[1:])

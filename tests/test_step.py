@@ -290,12 +290,16 @@ def test_compiled_log_px_equals_eager_log_px_on_the_same_seed(which):
         model, guide = _vae()
     else:
         layers = {"z_dims": (4, 2), "hidden": ((16,), (8,))}
-        model, guide = build_pair({"model": "hierarchical", "guide": "hierarchical", "model_kwargs": layers, "guide_kwargs": layers}, X_DIM)
+        model, guide = build_pair(
+            {"model": "hierarchical", "guide": "hierarchical", "model_kwargs": layers, "guide_kwargs": layers}, X_DIM
+        )
     x = _data(30)
     estimates = {}
     for mode in ("off", "on", "on"):
         pyro.set_rng_seed(5)
-        estimates.setdefault(mode, []).append(log_px(model, guide, x, k=50, chunk_k=20, batch_size=16, compile=mode, ladder=(1, 10)))
+        estimates.setdefault(mode, []).append(
+            log_px(model, guide, x, k=50, chunk_k=20, batch_size=16, compile=mode, ladder=(1, 10))
+        )
     eager, (first, again) = estimates["off"][0], estimates["on"]
     # same draws, same operations: float32 agreement (measured: 2e-6 nats)
     assert torch.allclose(first.per_point, eager.per_point, atol=1e-3)
