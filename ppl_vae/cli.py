@@ -43,6 +43,19 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         "--data-dir", default=None, help="folder holding local data files (IDX files, the torchvision layout or an .npz)"
     )
     p.add_argument(
+        "--data",
+        default=None,
+        help="your own data instead of --dataset: an .npz (x_train, optional x_val/x_valid, x_test, y_*), an .npy, or a "
+        "folder of images; layouts (N, D), (N, H, W), (N, C, H, W); missing validation/test splits are held out of x_train",
+    )
+    p.add_argument(
+        "--scale",
+        default="auto",
+        choices=["auto", "255", "none"],
+        help="pixel range: auto (uint8 0..255 is divided by 255, numbers in [0, 1] are kept, anything else refused), "
+        "255 (divide by 255), none (keep values as they are) (default: auto)",
+    )
+    p.add_argument(
         "--binarize",
         default="dynamic",
         choices=BINARIZE_MODES,
@@ -92,7 +105,12 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     )
     p.add_argument("--eval-k", type=int, default=100, help="importance samples for validation log p(x) (default: 100)")
     p.add_argument("--test-k", type=int, default=1000, help="importance samples for test log p(x) (default: 1000)")
-    p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder; it must be new or empty unless --resume or --overwrite (default: a new folder {default_out})",
+    )
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing its run")
     p.add_argument(
         "--lr-decay",
         type=float,
@@ -121,11 +139,13 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     _add_common(p)
 
 
-def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+def _add_checkpoint_options(p: argparse.ArgumentParser, default_out: str) -> None:
     """Options of the commands that read a checkpoint (evaluate, sample)."""
     p.add_argument("checkpoint", help="checkpoint file written by ppl-vae train (or its folder)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--out", default=None, help=f"output folder (default: {default_out})")
+    p.add_argument("--data", default=None, help="the data file or folder to use instead of the one recorded in the checkpoint")
+    p.add_argument("--data-dir", default=None, help="the folder of a named data set, instead of the recorded one")
     _add_common(p)
 
 
@@ -143,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model/guide pair and score it",
         description="Train a VAE on a data set, then estimate test log p(x) by importance sampling. Writes checkpoint.pt (every epoch), result.json, reconstructions.png and samples.png into --out.",
     )
-    _add_run_options(t, default_out="runs/latest")
+    _add_run_options(t, default_out="runs/<dataset>-<model>-<guide>-<objective>-<time>")
     t.add_argument(
         "--objective",
         default="elbo",
@@ -158,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train and score several objectives, guides or models on one budget",
         description="Train every combination of --objectives, --guides and --models on the same data, seed, networks and epochs; write compare.md, compare.csv, compare.json, validation_curves.png and rate_distortion.png into --out (each variant in its own subfolder). A variant that fails or diverges is reported in its row; the others still run.",
     )
-    _add_run_options(c, default_out="runs/compare")
+    _add_run_options(c, default_out="runs/compare-<dataset>-<time>")
     c.add_argument(
         "--objectives",
         required=True,
@@ -172,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw samples and reconstructions from a checkpoint",
         description="Write samples.png (unconditional samples; the ACN prior samples by its chain through the prior network) and reconstructions.png (test data and their reconstructions) for a trained checkpoint.",
     )
-    _add_checkpoint_options(sp)
+    _add_checkpoint_options(sp, default_out="the checkpoint's folder")
     sp.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
 
     e = sub.add_parser(
@@ -180,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a checkpoint",
         description="Estimate test log p(x) (with standard error and K), ELBO, rate, distortion and active units of a trained checkpoint; writes evaluation.json and pictures beside it (or into --out).",
     )
-    _add_checkpoint_options(e)
+    _add_checkpoint_options(e, default_out="eval-k<K> beside the checkpoint")
     e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
     e.add_argument("--n-points", type=int, default=0, help="score only the first N test points (default: all)")
     return parser
@@ -216,12 +236,49 @@ def model_options(args) -> dict:
     return {"guide": args.guide or "mean_field", "model_kwargs": model_kwargs, "guide_kwargs": guide_kwargs}
 
 
+def check_run_arguments(args) -> None:
+    """Refuse the values that would otherwise train something other than what was asked."""
+    for name in ("test_k", "z_dim", "epochs", "batch_size", "eval_k"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if any(h < 1 for h in args.hidden):
+        raise ValueError(f"--hidden widths must be positive, got {','.join(map(str, args.hidden))}")
+    if args.z_dims is not None and (not args.z_dims or any(d < 1 for d in args.z_dims)):
+        raise ValueError(f"--z-dims must be positive sizes, got {args.z_dims}")
+    if args.data and args.data_dir:
+        raise ValueError("give --data (your own file or folder) or --dataset with --data-dir, not both")
+    if args.data_dir and Path(args.data_dir).is_file():
+        raise ValueError(f"--data-dir {args.data_dir} is a file; name the folder holding it, or pass the file as --data")
+    if args.data and not Path(args.data).exists():
+        raise ValueError(f"--data {args.data} does not exist")
+
+
+def _run_folder(args, *parts: str, compare: bool = False) -> str:
+    """``--out``, checked (a new or empty folder unless --resume / --overwrite), or a new folder."""
+    from .run_folder import COMPARE_FILES, RUN_FILES, claim_run_folder, new_run_folder
+
+    resume = getattr(args, "resume", False)
+    if args.out is None:
+        if resume:
+            raise ValueError("--resume needs --out, the folder of the run to continue")
+        args.out = str(new_run_folder(*parts))
+    for line in claim_run_folder(args.out, resume, args.overwrite, COMPARE_FILES if compare else RUN_FILES):
+        print(line, file=sys.stderr)
+    return args.out
+
+
 def _spec_and_config(args, objective: str):
     from .train import TrainConfig
 
-    if args.test_k < 1:
-        raise ValueError(f"--test-k must be at least 1, got {args.test_k}")
+    check_run_arguments(args)
     spec = {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize, "model": args.model}
+    if args.data:
+        from .user_data import data_fingerprint
+
+        spec.update(dataset=str(Path(args.data).resolve()), data_dir=None, data_sha256=data_fingerprint(args.data))
+    if args.scale != "auto":
+        spec["scale"] = args.scale
     spec.update(model_options(args))
     config = TrainConfig(
         epochs=args.epochs,
@@ -244,14 +301,23 @@ def _spec_and_config(args, objective: str):
 
 def cmd_compare(args) -> int:
     from .compare import compare, markdown_table
+    from .guides import GUIDES
+    from .models import MODELS
     from .objectives import get_objective
 
     objectives = split_specs(args.objectives)
+    if not objectives:
+        raise ValueError("--objectives names no objective")
     for spec in objectives:
         get_objective(spec)  # a typo is an error before hours of training, not a failed row
+    guides = [g.strip() for g in args.guides.split(",") if g.strip()] if args.guides else None
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    for what, names, known in (("guide", guides, GUIDES), ("model", models, MODELS)):
+        unknown = [n for n in names or [] if n not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} {unknown} in --{what}s; known: {', '.join(sorted(known))}")
+    _run_folder(args, "compare", Path(args.data).stem if args.data else args.dataset, compare=True)
     spec, config = _spec_and_config(args, objectives[0])
-    guides = args.guides.split(",") if args.guides else None
-    models = args.models.split(",") if args.models else None
     rows = compare(spec, config, objectives, guides, models, test_k=args.test_k)
     print(markdown_table(rows))
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, validation_curves.png, rate_distortion.png")
@@ -260,7 +326,11 @@ def cmd_compare(args) -> int:
 
 def cmd_train(args) -> int:
     from .experiment import report_table, train_and_report
+    from .objectives import get_objective
 
+    get_objective(args.objective)  # a bad spec is refused before any folder is made
+    data_name = Path(args.data).stem if args.data else args.dataset
+    _run_folder(args, data_name, args.model, args.guide or model_options(args)["guide"], args.objective.replace(":", "_"))
     spec, config = _spec_and_config(args, args.objective)
     result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume)
     print(report_table(result))
@@ -270,26 +340,31 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_for_output(args):
-    """Rebuild the checkpoint's pair, seed, and pick the output folder (default: beside the checkpoint)."""
+def _load_for_output(args, out: Path):
+    """Check the output folder (before any work), rebuild the checkpoint's pair and data, seed."""
     from .device import seed_everything
     from .experiment import load_trained
+    from .faults import check_output_folder
 
-    trainer, data = load_trained(args.checkpoint, device=args.device)
+    check_output_folder(out, needed_bytes=2**20)
+    trainer, data, notes = load_trained(args.checkpoint, device=args.device, data=args.data, data_dir=args.data_dir)
+    for line in notes:
+        print(line, file=sys.stderr)
     seed_everything(args.seed)
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
-    out.mkdir(parents=True, exist_ok=True)
-    return trainer, data, ckpt, out
+    return trainer, data, Path(args.checkpoint)
 
 
 def cmd_evaluate(args) -> int:
     from .experiment import format_table, write_json
     from .report import full_report, markdown_report, report_rows
+    from .run_folder import evaluation_folder
 
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
-    trainer, data, ckpt, out = _load_for_output(args)
+    if args.n_points < 0:
+        raise ValueError(f"--n-points must be 0 (all) or positive, got {args.n_points}")
+    out = evaluation_folder(args.checkpoint, args.k, args.out)
+    trainer, data, ckpt = _load_for_output(args, out)
     x = data.eval_x("test", trainer.device)
     if args.n_points:
         x = x[: args.n_points]
@@ -335,7 +410,11 @@ def cmd_sample(args) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    trainer, data, ckpt, out = _load_for_output(args)
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder for the pictures")
+    trainer, data, ckpt = _load_for_output(args, out)
     test_x = data.eval_x("test", trainer.device)
     paths = save_pictures(trainer.model, trainer.guide, test_x, data.image_shape, out)
     paths["samples"] = str(save_grid(sample(trainer.model, test_x, args.n), data.image_shape, out / "samples.png"))

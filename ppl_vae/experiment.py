@@ -8,6 +8,7 @@ checkpoint alone rebuilds the pair.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -44,7 +45,7 @@ def build_pair(spec: dict[str, Any], x_dim: int):
 
 
 def dataset_of(spec: dict[str, Any]) -> Dataset:
-    return load_dataset(spec["dataset"], spec.get("data_dir"), spec.get("binarize", "dynamic"))
+    return load_dataset(spec["dataset"], spec.get("data_dir"), spec.get("binarize", "dynamic"), spec.get("scale", "auto"))
 
 
 def train_x_of(data: Dataset) -> tuple[torch.Tensor, bool]:
@@ -117,10 +118,22 @@ def score(trainer: Trainer, data: Dataset, k: int, out: Path | None) -> dict:
     return result
 
 
+def strict_json(value):
+    """``value`` with NaN and infinities as ``None``, so the JSON is strict (RFC 8259 has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_json(result: dict, path: Path) -> Path:
+    """Write ``result`` as strict JSON (non-finite numbers as null), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.write_text(json.dumps(strict_json(result), indent=2, default=str, allow_nan=False))
     tmp.replace(path)
     return path
 
@@ -146,15 +159,36 @@ def report_table(result: dict) -> str:
     return format_table(rows)
 
 
-def load_trained(path: str | Path, device: str = "auto"):
-    """Rebuild (trainer, dataset) from a checkpoint written by :func:`train_and_report`."""
+def load_trained(path: str | Path, device: str = "auto", data: str | None = None, data_dir: str | None = None):
+    """Rebuild ``(trainer, dataset, notes)`` from a checkpoint written by :func:`train_and_report`.
+
+    ``data`` (a file or folder) or ``data_dir`` (the folder of a named data set) replace the
+    recorded location; ``notes`` says so, and whether the data differ from those trained on.
+    """
     state = load_checkpoint(path)
     cfg = dict(state["config"])
-    spec = cfg.get("meta") or {}
+    spec = dict(cfg.get("meta") or {})
     if "dataset" not in spec:
         raise CheckpointError(f"checkpoint {path} has no data set spec: it was not written by ppl-vae train")
     cfg.update(device=device, out=None)
     config = TrainConfig(**cfg)
+    notes = []
+    if data is not None or data_dir is not None:
+        from .user_data import data_fingerprint
+
+        if data is not None:
+            notes.append(f"data: {Path(data).resolve()} instead of the recorded {spec['dataset']}")
+            spec.update(dataset=str(Path(data).resolve()), data_dir=None)
+            digest = data_fingerprint(data)
+            if spec.get("data_sha256") and digest != spec["data_sha256"]:
+                notes.append("note: these data differ from the data the model was trained on (content hash differs)")
+        else:
+            notes.append(f"data folder: {data_dir} instead of the recorded {spec.get('data_dir')}")
+            spec["data_dir"] = data_dir
+    elif spec.get("data_sha256") and not Path(spec["dataset"]).exists():
+        raise CheckpointError(
+            f"the data this checkpoint was trained on, {spec['dataset']}, is not there any more; pass --data PATH"
+        )
     data = dataset_of(spec)
     model, guide = build_pair(spec, data.x_dim)
     trainer = Trainer(model, guide, config)
@@ -165,4 +199,4 @@ def load_trained(path: str | Path, device: str = "auto"):
     trainer.epoch = state["epoch"]
     trainer.refresh(train_x)  # and follow the loaded weights
     trainer.set_training(False)
-    return trainer, data
+    return trainer, data, notes

@@ -54,11 +54,13 @@ def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], path: str | Pa
     import matplotlib.pyplot as plt
 
     images = images.detach().float().cpu().clamp(0, 1).reshape(-1, *image_shape)
+    if images.dim() == 4:  # (N, C, H, W): colour pictures for 3 channels, the first channel otherwise
+        images = images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0]
     n = images.shape[0]
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)
-    h, w = image_shape
-    canvas = torch.ones(ncol * (h + 1) + 1, nrow * (w + 1) + 1)
+    h, w = images.shape[1:3]
+    canvas = torch.ones((ncol * (h + 1) + 1, nrow * (w + 1) + 1) + tuple(images.shape[3:]))
     for i in range(n):
         r, c = divmod(i, nrow)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = images[i]

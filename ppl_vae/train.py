@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import DeviceBatches, check_data
+from .data import DeviceBatches, as_data_tensor, check_data
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .evaluate import elbo_terms, log_px
 from .faults import InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
@@ -237,6 +237,8 @@ class Trainer:
         in nats per data point. Ctrl-C saves a checkpoint and raises :class:`Interrupted`.
         """
         cfg = self.config
+        train_x = as_data_tensor(train_x, "training data")
+        val_x = None if val_x is None else as_data_tensor(val_x, "validation data")
         seed_everything(cfg.seed)
         batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic)
         first = batches.x[:2]
@@ -308,11 +310,7 @@ class Trainer:
                     raise TrainingError(
                         f"non-finite loss or gradient at step {self.step + 1} (epoch {self.epoch + 1}, batch {i + 1}): "
                         f"{diagnose(self.model, self.guide, xb, self.params)}. Nothing from this step was applied; "
-                        + (
-                            f"the last good checkpoint {self._checkpoint_path()} is kept"
-                            if cfg.out
-                            else "no checkpoint was asked for"
-                        )
+                        + self._kept_checkpoint()
                         + " (nan_policy='skip' skips such batches)"
                     )
                 self.epoch_skipped += 1
@@ -326,11 +324,16 @@ class Trainer:
                 raise Interrupted(self.save())
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save()
+        if self.epoch_skipped == len(batches):
+            raise TrainingError(
+                f"every batch of epoch {self.epoch + 1} had a non-finite loss or gradient and was skipped "
+                f"(nan_policy='skip'): training cannot go on; {self._kept_checkpoint()}"
+            )
         counted = n - self.epoch_skipped * batches.batch_size
         train_loss = self.epoch_total.item() / max(counted, 1)  # the one read from the device this epoch
         if not math.isfinite(train_loss):
             raise TrainingError(
-                f"the training loss became {train_loss} in epoch {self.epoch + 1} (step {self.step}); the last checkpoint is kept"
+                f"the training loss became {train_loss} in epoch {self.epoch + 1} (step {self.step}); {self._kept_checkpoint()}"
             )
         self.epoch += 1
         self.scheduler.step()
@@ -345,6 +348,15 @@ class Trainer:
         self.save()
         if guard.requested:
             raise Interrupted(self._checkpoint_path())
+
+    def _kept_checkpoint(self) -> str:
+        """What the error can truthfully say of the checkpoint."""
+        path = self._checkpoint_path()
+        if path is None:
+            return "no checkpoint was asked for"
+        if not path.exists():
+            return f"no checkpoint was written yet ({path} does not exist)"
+        return f"the last good checkpoint {path} is kept"
 
     def set_training(self, mode: bool) -> None:
         for fn in (self.model, self.guide):

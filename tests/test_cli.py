@@ -44,7 +44,7 @@ def test_train_then_evaluate_writes_json_and_pictures(tmp_path, capsys):
     for png in ("reconstructions.png", "samples.png"):
         assert (out / png).stat().st_size > 100
     assert main(["evaluate", str(out / "checkpoint.pt"), "--k", "30", "--no-progress", "--device", "cpu"]) == 0
-    evaluation = json.loads((out / "evaluation.json").read_text())
+    evaluation = json.loads((out / "eval-k30" / "evaluation.json").read_text())  # its own folder, beside the run
     assert evaluation["k"] == 30 and {"log_px", "log_px_se"} <= set(evaluation)
     assert abs(evaluation["log_px"] - result["log_px"]) < 3.0
     # resume to 3 epochs in total continues the same run
@@ -75,6 +75,7 @@ def test_train_then_evaluate_writes_json_and_pictures(tmp_path, capsys):
         == 0
     )
     assert len(json.loads((out / "result.json").read_text())["history"]) == 3
+    assert not (out / "eval-k30").exists()  # the report of the 2-epoch model is not left beside the 3-epoch one
 
 
 @pytest.mark.parametrize(

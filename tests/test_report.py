@@ -142,6 +142,8 @@ def test_evaluate_command_writes_the_full_report(tmp_path, capsys):
     table = capsys.readouterr().out
     for words in ("IWAE bound by K", "PSIS k-hat", "I(x;z)", "q(z) vs N(0,I)", "mean |corr|"):
         assert words in table
+    run, out = out, out / "eval-k60"  # the evaluation's own folder: the training pictures stay as they were
+    assert (run / "reconstructions.png").exists() and (run / "checkpoint.pt").exists()
     r = json.loads((out / "evaluation.json").read_text())
     assert r["k"] == 60 and r["n"] == 80 and set(r["iwae_by_k"]) == {"1", "5", "50", "60"}
     assert {"share_above_0.7", "median"} <= set(r["k_hat"])

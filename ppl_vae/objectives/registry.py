@@ -72,6 +72,8 @@ def get_objective(spec: str, **overrides):
     """Build the objective named by ``spec`` (see module docstring)."""
     name, params = parse_spec(spec)
     params.update(overrides)
+    if "k" in params and params["k"] < 1:
+        raise ValueError(f"k (number of particles) must be a positive integer, got {params['k']} in '{spec}'")
     modifiers = {k: params.pop(k) for k in MODIFIERS if k in params}
     free_bits = {k: params.pop(k) for k in FREE_BITS if k in params}
     try:

@@ -1,0 +1,98 @@
+"""The layout of a run folder, written down in one place, and the rules that keep runs apart.
+
+A training run's folder holds::
+
+    checkpoint.pt          the last state (every epoch, --checkpoint-every, Ctrl-C)
+    result.json            test scores and the history
+    reconstructions.png    samples.png
+    eval-k<K>/             one folder per ``ppl-vae evaluate --k K``: evaluation.json, .md,
+                           posterior.nc and the report's pictures
+
+A comparison's folder holds compare.md/.csv/.json, its figures and one run folder per variant.
+
+Rules: a new run gets a new folder (``runs/<dataset>-<model>-<guide>-<objective>-<time>``);
+a non-empty folder is refused unless the run resumes it (``--resume``) or replaces it
+(``--overwrite``, which removes the files named above and nothing else); once a run writes a
+new checkpoint, the evaluations of the old one (``eval-k*``) are removed, so no report is left
+beside a checkpoint it does not describe.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+RUN_FILES = ("checkpoint.pt", "result.json", "reconstructions.png", "samples.png")
+COMPARE_FILES = ("compare.md", "compare.csv", "compare.json", "validation_curves.png", "rate_distortion.png")
+EVAL_PREFIX = "eval-k"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=]+", "_", str(text)).strip("_") or "run"
+
+
+def new_run_folder(*parts: str, root: str = "runs") -> Path:
+    """``root/<parts joined by ->-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that exists already."""
+    stem = "-".join(_slug(Path(p).stem if "/" in str(p) else p) for p in parts if p) + time.strftime("-%Y%m%d-%H%M%S")
+    path, i = Path(root) / stem, 1
+    while path.exists():
+        i += 1
+        path = Path(root) / f"{stem}-{i}"
+    return path
+
+
+def stale_evaluations(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob(f"{EVAL_PREFIX}*") if p.is_dir())
+
+
+def claim_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False, files=RUN_FILES) -> list[str]:
+    """Check that ``out`` may take this run; returns lines saying what was removed.
+
+    A file, or a non-empty folder without ``resume`` or ``overwrite``, is refused with the fix.
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; name a folder for the run's outputs")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    notes: list[str] = []
+    if not path.is_dir() or not any(path.iterdir()):
+        return notes
+    if not (resume or overwrite):
+        raise ValueError(
+            f"output folder {path} is not empty (it holds {', '.join(sorted(p.name for p in path.iterdir())[:4])}); "
+            "continue its run with --resume, replace it with --overwrite, or choose another --out"
+        )
+    removed = []
+    if overwrite:
+        for name in files:
+            target = path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+                removed.append(name)
+            elif target.exists():
+                target.unlink()
+                removed.append(name)
+        for sub in path.iterdir():  # a comparison's variants are run folders of their own
+            if sub.is_dir() and (sub / "checkpoint.pt").exists() and files is COMPARE_FILES:
+                shutil.rmtree(sub)
+                removed.append(sub.name + "/")
+    for old in stale_evaluations(path):
+        shutil.rmtree(old)
+        removed.append(old.name + "/")
+    if removed:
+        notes.append(f"removed from {path} (a new checkpoint replaces the run they described): {', '.join(removed)}")
+    return notes
+
+
+def evaluation_folder(checkpoint: str | Path, k: int, out: str | Path | None = None) -> Path:
+    """Where ``evaluate --k K`` writes: ``--out``, or ``eval-k<K>/`` beside the checkpoint."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--out {path} is a file; name a folder for the evaluation's outputs")
+        return path
+    ckpt = Path(checkpoint)
+    return (ckpt if ckpt.is_dir() else ckpt.parent) / f"{EVAL_PREFIX}{k}"

@@ -1,0 +1,151 @@
+"""A user's own data from one path: an ``.npz``, an ``.npy`` or a folder of images.
+
+- ``.npz``: ``x_train`` (required), ``x_val`` or ``x_valid``, ``x_test`` (optional), labels
+  ``y_train``, ``y_val``/``y_valid``, ``y_test`` (optional).
+- ``.npy``: one array of data points.
+- a folder: image files (PNG, JPEG, BMP, GIF, PGM), all of one size; or sub-folders ``train``,
+  ``val`` (or ``valid``) and ``test`` holding them.
+
+Any layout per point: ``(N, D)``, ``(N, H, W)`` or ``(N, C, H, W)``; points are flattened and the
+image shape is kept (a ``D``-vector that is a square number of pixels is shown as a square
+image). A missing validation or test split is cut from the training points (10 % each, a
+fixed seed, independent of the training seed). Pixel range: :func:`ppl_vae.data.to_intensities`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError, to_intensities
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff")
+HOLD_OUT = 0.1
+SPLIT_SEED = 0
+
+
+def data_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 of a data file, or of a folder's files (names and contents, in sorted order)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def image_shape_of(per_point: tuple[int, ...]) -> tuple[int, ...]:
+    """The picture shape of one point: (H, W), (C, H, W), or a square (s, s) for a D-vector."""
+    if len(per_point) == 1:
+        side = math.isqrt(per_point[0])
+        return (side, side) if side * side == per_point[0] else (1, per_point[0])
+    if len(per_point) == 3 and per_point[0] == 1:
+        return per_point[1:]
+    return per_point
+
+
+def _points(x: np.ndarray, what: str) -> np.ndarray:
+    if x.ndim not in (2, 3, 4):
+        raise DataError(f"{what} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
+    if x.shape[0] == 0:
+        raise DataError(f"{what} is empty (shape {x.shape})")
+    return x
+
+
+def _read_images(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    images, size, colour = [], None, False
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                colour = colour or im.mode not in ("1", "L", "I", "I;16", "F", "LA", "P")
+                images.append((f, im.convert("RGB") if colour else im.convert("L")))
+        except OSError as err:
+            raise DataError(f"cannot read image {f}: {err}") from None
+        if size is None:
+            size = images[-1][1].size
+        elif images[-1][1].size != size:
+            raise DataError(f"image {f} is {images[-1][1].size[0]}x{images[-1][1].size[1]}, the others {size[0]}x{size[1]}")
+    arrays = [np.asarray(im.convert("RGB") if colour else im) for _, im in images]
+    x = np.stack(arrays)  # uint8, (N, H, W) or (N, H, W, 3)
+    return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+
+
+def _hold_out(x, y, n):
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    keep, out = perm[n:], perm[:n]
+    return (x[keep], None if y is None else y[keep]), (x[out], None if y is None else y[out])
+
+
+def load_data_file(path: str | os.PathLike, scale: str = "auto"):
+    """``((train, val, test), image_shape)`` from ``path``, each split ``(x (N, D) float32, labels | None)``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist")
+    raw: dict[str, np.ndarray | None] = {}
+    if path.is_dir():
+        subs = {name: path / name for name in ("train", "val", "valid", "test") if (path / name).is_dir()}
+        if "train" in subs:
+            raw = {f"x_{'val' if k == 'valid' else k}": _read_images(p) for k, p in subs.items()}
+        else:
+            raw = {"x_train": _read_images(path)}
+    elif path.suffix == ".npy":
+        try:
+            raw = {"x_train": np.load(path, allow_pickle=False)}
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read {path} as an .npy array: {err}") from None
+    elif path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "x_train" not in f.files:
+                    raise DataError(f"{path} has no array 'x_train' (it has {f.files}); name the training points x_train")
+                for key in ("x_train", "x_val", "x_valid", "x_test", "y_train", "y_val", "y_valid", "y_test"):
+                    if key in f.files:
+                        raw[key.replace("valid", "val")] = f[key]
+        except (OSError, ValueError, EOFError) as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(f"cannot read {path} as an .npz file: {err}") from None
+    else:
+        raise DataError(f"data path {path}: expected an .npz or .npy file, or a folder of images")
+
+    splits = {}
+    for split in ("train", "val", "test"):
+        x = raw.get(f"x_{split}")
+        if x is None:
+            continue
+        x = _points(x, f"{path.name} x_{split}")
+        y = raw.get(f"y_{split}")
+        if y is not None and len(y) != len(x):
+            raise DataError(f"{path.name}: y_{split} has {len(y)} labels for {len(x)} points in x_{split}")
+        splits[split] = (x, y)
+    shapes = {k: v[0].shape[1:] for k, v in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"{path.name}: the splits' points have different shapes {shapes}; every split needs the same")
+    train_x, train_y = splits["train"]
+    for split in ("test", "val"):
+        if split not in splits:
+            n = max(1, int(round(HOLD_OUT * len(splits["train"][0]))))
+            if len(train_x) - n < 1:
+                raise DataError(f"{path.name}: {len(train_x)} training points are too few to hold out a {split} split")
+            (train_x, train_y), splits[split] = _hold_out(train_x, train_y, n)
+    splits["train"] = (train_x, train_y)
+    per_point = train_x.shape[1:]
+    out = []
+    for split in ("train", "val", "test"):
+        x, y = splits[split]
+        flat = to_intensities(x.reshape(len(x), -1), f"{path.name} {split} split", scale)
+        out.append((flat, None if y is None else np.asarray(y).astype(np.int64)))
+    return tuple(out), image_shape_of(tuple(per_point))
