@@ -123,8 +123,10 @@ def save_aggregate_view(codes: torch.Tensor, labels, path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     if c.shape[1] == 1:
         c = torch.cat([c, torch.zeros_like(c)], 1)
-    scatter = ax.scatter(c[:, 0], c[:, 1], s=6, c=None if labels is None else labels.cpu().numpy(), cmap="tab10")
-    if labels is not None:
+    if labels is None:  # a data set without labels: one colour
+        ax.scatter(c[:, 0], c[:, 1], s=6)
+    else:
+        scatter = ax.scatter(c[:, 0], c[:, 1], s=6, c=labels.cpu().numpy(), cmap="tab10")
         fig.colorbar(scatter, ax=ax, label="label")
     ax.set(xlabel=axes[0], ylabel=axes[1], title="aggregate posterior q(z)")
     fig.tight_layout()

@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ppl_vae.models import LinearGaussian
+from ppl_vae.models import VAE, LinearGaussian
 
 
 def correlated_linear_gaussian(x_dim=6, z_dim=2, seed=0):
@@ -69,3 +69,25 @@ def diagonal_posterior_linear_gaussian(x_dim=6, z_dim=3, seed=0):
     q, _ = torch.linalg.qr(torch.randn(x_dim, z_dim, generator=gen))
     W = q * torch.tensor([2.0, 1.0, 0.5][:z_dim])
     return LinearGaussian(x_dim, z_dim, W=W, sigma=0.8, seed=seed)
+
+
+class PoisonedDecoderVAE(VAE):
+    """Its decoder emits NaN at optimizer step ``bad_step`` (training calls on a batch of 50 with
+    gradients: one per step), and at every call after it if ``persistent``."""
+
+    def __init__(self, bad_step, persistent=False):
+        super().__init__(x_dim=64, z_dim=3, hidden=(16,))
+        self.calls, self.bad_step, self.persistent, self.broken = 0, bad_step, persistent, False
+
+    def forward(self, x):
+        step_call = self.training and torch.is_grad_enabled() and x.shape[0] == 50
+        self.calls += int(step_call)
+        poisoned = self.broken or (step_call and self.calls == self.bad_step)
+        self.broken = poisoned and self.persistent  # a persistent fault shows again when re-run
+        pyro.module("model", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x))
+            logits = self.decoder(z)
+            if poisoned:
+                logits = logits + torch.tensor(float("nan"))
+            pyro.sample("x", self.likelihood(logits), obs=x)

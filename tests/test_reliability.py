@@ -24,6 +24,8 @@ from ppl_vae.guides import MeanFieldGuide
 from ppl_vae.models import VAE
 from ppl_vae.sites import ContractError
 
+from helpers import PoisonedDecoderVAE
+
 TRAIN = [
     sys.executable,
     "-m",
@@ -157,28 +159,6 @@ def _digits():
 def _pair(likelihood="bernoulli"):
     pyro.set_rng_seed(0)
     return VAE(x_dim=64, z_dim=3, hidden=(16,), likelihood=likelihood), MeanFieldGuide(x_dim=64, z_dim=3, hidden=(16,))
-
-
-class PoisonedDecoderVAE(VAE):
-    """Its decoder emits NaN at optimizer step ``bad_step`` (training calls on a batch of 50 with
-    gradients: one per step), and at every call after it if ``persistent``."""
-
-    def __init__(self, bad_step, persistent=False):
-        super().__init__(x_dim=64, z_dim=3, hidden=(16,))
-        self.calls, self.bad_step, self.persistent, self.broken = 0, bad_step, persistent, False
-
-    def forward(self, x):
-        step_call = self.training and torch.is_grad_enabled() and x.shape[0] == 50
-        self.calls += int(step_call)
-        poisoned = self.broken or (step_call and self.calls == self.bad_step)
-        self.broken = poisoned and self.persistent  # a persistent fault shows again when re-run
-        pyro.module("model", self)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x))
-            logits = self.decoder(z)
-            if poisoned:
-                logits = logits + torch.tensor(float("nan"))
-            pyro.sample("x", self.likelihood(logits), obs=x)
 
 
 def test_a_nan_stops_training_naming_the_step_and_site_and_keeps_the_last_good_checkpoint(tmp_path):

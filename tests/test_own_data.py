@@ -1,0 +1,147 @@
+"""A user's own data: --data files and folders, the pixel range decided from the data, every split
+checked before training, NumPy and float64 inputs from Python, portable checkpoints."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_vae import TrainConfig, Trainer, load_dataset, log_px
+from ppl_vae.cli import main
+from ppl_vae.data import DataError, DataNote, to_intensities
+from ppl_vae.guides import MeanFieldGuide
+from ppl_vae.models import VAE
+
+RNG = np.random.default_rng(0)
+
+
+def _digits_uint8(n=60, side=8):
+    return (RNG.random((n, side, side)) * 255).astype(np.uint8)
+
+
+def test_float_intensities_in_a_named_data_set_are_not_divided_by_255_again(tmp_path):
+    """The regression: mnist.npz holding floats in [0, 1] was divided by 255 (scored -54.8 nats, 0 active units)."""
+    x = RNG.random((120, 28, 28)).astype(np.float32)
+    y = RNG.integers(0, 10, 120)
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    data = load_dataset("mnist", tmp_path)
+    assert data.train.x.max() > 0.99 and abs(float(data.train.x.mean()) - float(x.mean())) < 0.01
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=(x * 255).astype(np.uint8),
+        y_train=y,
+        x_test=(x[:30] * 255).astype(np.uint8),
+        y_test=y[:30],
+    )
+    assert abs(float(load_dataset("mnist", tmp_path).train.x.mean()) - float(x.mean())) < 0.01
+
+
+def test_pixel_range_is_decided_from_the_data():
+    assert to_intensities(np.array([[0, 255]], dtype=np.uint8), "x").tolist() == [[0.0, 1.0]]
+    assert to_intensities(np.array([[0.0, 0.5]]), "x").tolist() == [[0.0, 0.5]]
+    assert to_intensities(np.array([[0, 1]]), "x").tolist() == [[0.0, 1.0]]  # integer 0/1: binary already
+    with pytest.raises(DataError, match=r"values in \[0, 200\].*--scale 255"):
+        to_intensities(np.array([[0.0, 200.0]]), "x")
+    assert to_intensities(np.array([[0.0, 200.0]]), "x", scale="255").max() == pytest.approx(200 / 255)
+    with pytest.raises(DataError, match=r"values in \[-1, 1\]"):
+        to_intensities(np.array([[-1.0, 1.0]]), "x")
+    with pytest.raises(DataError, match="NaN"):
+        to_intensities(np.array([[np.nan, 1.0]]), "x")
+    with pytest.raises(DataError, match="dtype"):
+        to_intensities(np.array([["a", "b"]]), "x")
+
+
+@pytest.mark.parametrize(
+    "layout, image_shape",
+    [((60, 64), (8, 8)), ((60, 8, 8), (8, 8)), ((60, 1, 8, 8), (8, 8)), ((60, 3, 4, 5), (3, 4, 5)), ((60, 7), (1, 7))],
+)
+def test_any_array_layout_keeps_its_image_shape(tmp_path, layout, image_shape):
+    x = (RNG.random(layout) * 255).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    data = load_dataset(str(tmp_path / "x.npy"))
+    assert data.image_shape == image_shape and data.x_dim == int(np.prod(layout[1:]))
+    # 10 % each for validation and test, cut from the points with a fixed seed
+    assert (len(data.train), len(data.val), len(data.test)) == (48, 6, 6)
+
+
+def test_an_npz_with_its_own_splits_and_labels(tmp_path):
+    x = _digits_uint8(80)
+    np.savez(tmp_path / "d.npz", x_train=x[:50], y_train=np.arange(50) % 3, x_valid=x[50:65], x_test=x[65:], y_test=np.zeros(15))
+    data = load_dataset(str(tmp_path / "d.npz"))
+    assert (len(data.train), len(data.val), len(data.test)) == (50, 15, 15)
+    assert data.train.labels.tolist()[:4] == [0, 1, 2, 0] and data.val.labels is None
+    np.savez(tmp_path / "bad.npz", x_train=x[:50], x_test=_digits_uint8(10, side=7))
+    with pytest.raises(DataError, match="different shapes"):
+        load_dataset(str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "nolabels.npz", x_train=x[:50], y_train=np.zeros(49))
+    with pytest.raises(DataError, match="49 labels for 50 points"):
+        load_dataset(str(tmp_path / "nolabels.npz"))
+    np.savez(tmp_path / "nox.npz", images=x)
+    with pytest.raises(DataError, match="no array 'x_train'"):
+        load_dataset(str(tmp_path / "nox.npz"))
+
+
+def test_a_folder_of_images(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 20), ("test", 5)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            Image.fromarray(_digits_uint8(1, side=6)[0]).save(tmp_path / split / f"{i:03d}.png")
+    data = load_dataset(str(tmp_path))
+    assert data.image_shape == (6, 6) and (len(data.train), len(data.val), len(data.test)) == (18, 2, 5)
+    Image.fromarray(_digits_uint8(1, side=5)[0]).save(tmp_path / "train" / "odd.png")
+    with pytest.raises(DataError, match="odd.png is 5x5, the others 6x6"):
+        load_dataset(str(tmp_path))
+
+
+def test_fit_and_log_px_take_numpy_and_float64_with_a_note():
+    x = (RNG.random((40, 16)) > 0.5).astype(np.float64)
+    model, guide = VAE(x_dim=16, z_dim=2, hidden=(8,)), MeanFieldGuide(x_dim=16, z_dim=2, hidden=(8,))
+    with pytest.warns(DataNote, match="float64 to float32"):
+        Trainer(model, guide, TrainConfig(epochs=1, batch_size=20, eval_every=0, progress=False)).fit(x, None)
+    with pytest.warns(DataNote):
+        assert log_px(model, guide, x, k=5).n == 40
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32 arrays need no note
+        assert log_px(model, guide, x.astype(np.float32), k=5).n == 40
+    with pytest.raises(DataError, match="uint8 pixels"):
+        log_px(model, guide, torch.full((4, 16), 255, dtype=torch.uint8), k=5)
+
+
+def _train_argv(data, out, *extra):
+    return ["train", "--data", str(data), "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--test-k", "5", "--eval-every", "0",
+            "--out", str(out), "--no-progress", "--device", "cpu", *extra]  # fmt: skip
+
+
+def test_train_evaluate_and_sample_own_data_through_the_cli(tmp_path, capsys):
+    x = _digits_uint8(100)
+    np.save(tmp_path / "mine.npy", x)
+    out = tmp_path / "run"
+    assert main(_train_argv(tmp_path / "mine.npy", out)) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["meta"]["image_shape"] == [8, 8]
+    assert result["config"]["meta"]["dataset"] == str((tmp_path / "mine.npy").resolve())
+    assert len(result["config"]["meta"]["data_sha256"]) == 64
+    # the data moved: evaluate says where to point it, and --data does
+    (tmp_path / "mine.npy").rename(tmp_path / "moved.npy")
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--k", "5", "--no-progress", "--device", "cpu"]) == 2
+    assert "pass --data PATH" in capsys.readouterr().err
+    assert (
+        main(["evaluate", str(out), "--k", "5", "--no-progress", "--device", "cpu", "--data", str(tmp_path / "moved.npy")]) == 0
+    )
+    assert "instead of the recorded" in capsys.readouterr().err
+    np.save(tmp_path / "other.npy", _digits_uint8(100))
+    assert main(["sample", str(out), "--n", "4", "--device", "cpu", "--data", str(tmp_path / "other.npy")]) == 0
+    assert "differ from the data the model was trained on" in capsys.readouterr().err
+    assert (out / "samples.png").exists()
+
+
+def test_a_test_split_of_another_shape_is_refused_before_training(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", x_train=_digits_uint8(50), x_test=_digits_uint8(10, side=6))
+    assert main(_train_argv(tmp_path / "d.npz", tmp_path / "run")) == 2
+    assert "different shapes" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -1,0 +1,137 @@
+"""Runs are never lost or mixed: new folders per run, non-empty folders refused, evaluations in
+their own folder, the silent inputs now refused, honest NaN messages, strict JSON."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+
+from ppl_vae import TrainConfig, Trainer, TrainingError
+from ppl_vae.cli import main
+from ppl_vae.data import load_dataset
+from ppl_vae.experiment import write_json
+from ppl_vae.guides import MeanFieldGuide
+
+from helpers import PoisonedDecoderVAE
+
+TINY = ["--dataset", "digits", "--epochs", "1", "--hidden", "8", "--z-dim", "2", "--test-k", "3", "--eval-every", "0",
+        "--no-progress", "--device", "cpu"]  # fmt: skip
+
+
+def _digits():
+    d = load_dataset("digits")
+    return d.train.x[:200], d.eval_x("val")[:50]
+
+
+def _err(capsys):
+    return capsys.readouterr().err
+
+
+def test_a_non_empty_output_folder_is_refused_then_resumed_or_replaced(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    first = (out / "result.json").stat().st_mtime_ns
+    (out / "my_notes.txt").write_text("mine")
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    err = _err(capsys)
+    assert "is not empty" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "result.json").stat().st_mtime_ns == first  # nothing was touched
+    assert main(["train", *TINY, "--out", str(out), "--overwrite"]) == 0
+    assert (out / "result.json").stat().st_mtime_ns != first and (out / "my_notes.txt").read_text() == "mine"
+    assert main(["train", *TINY, "--out", str(out), "--overwrite", "--resume"]) == 2
+    assert "give one of them" in _err(capsys)
+
+
+def test_each_run_gets_a_new_folder_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY]) == 0
+    assert main(["train", *TINY]) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.startswith("digits-vae-mean_field-elbo-") for r in runs)
+    assert all((tmp_path / "runs" / r / "checkpoint.pt").exists() for r in runs)
+    assert main(["train", *TINY, "--resume"]) == 2
+    assert "--resume needs --out" in _err(capsys)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--hidden", "0"], "--hidden widths must be positive"),
+        (["--z-dim", "0"], "--z-dim must be at least 1"),
+        (["--objective", "elbo:k=0"], "must be a positive integer, got 0"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_silent_training_inputs_are_refused(tmp_path, capsys, extra, message):
+    assert main(["train", *TINY, "--out", str(tmp_path / "run"), *extra]) == 2
+    assert message in _err(capsys)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_paths_that_name_the_wrong_kind_of_thing_are_refused(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["train", *TINY, "--out", str(a_file)]) == 2
+    assert "is a file" in _err(capsys)
+    argv = ["train", "--dataset", "mnist", "--data-dir", str(a_file), "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "--data-dir" in _err(capsys)
+
+
+def test_evaluate_writes_its_own_folder_and_checks_its_output_first(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    pictures = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    base = ["evaluate", str(out), "--k", "4", "--no-progress", "--device", "cpu"]
+    assert main(base) == 0
+    assert (out / "eval-k4" / "evaluation.json").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == pictures  # training pictures untouched
+    assert main([*base, "--n-points", "-1"]) == 2
+    assert "--n-points must be 0 (all) or positive" in _err(capsys)
+    (tmp_path / "f").write_text("")
+    assert main([*base, "--out", str(tmp_path / "f")]) == 2
+    assert "is a file" in _err(capsys)
+    assert main([*base, "--out", str(tmp_path / "f" / "sub")]) == 2  # cannot be created: before any work
+    assert "not writable" in _err(capsys)
+
+
+def test_compare_checks_every_name_before_the_first_variant(tmp_path, capsys):
+    for flag, value, what in (("--guides", "mean_field,ful_cov", "guide"), ("--models", "vae,vea", "model")):
+        assert main(["compare", *TINY, "--objectives", "elbo", flag, value, "--out", str(tmp_path / "c")]) == 2
+        assert f"unknown {what}" in _err(capsys)
+    assert main(["compare", *TINY, "--objectives", "elbo,iwea:k=2", "--out", str(tmp_path / "c")]) == 2
+    assert "unknown objective 'iwea'" in _err(capsys)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_the_nan_guard_names_only_a_checkpoint_that_exists(tmp_path):
+    train_x, val_x = _digits()
+    pyro.set_rng_seed(0)
+    model, guide = PoisonedDecoderVAE(bad_step=2), MeanFieldGuide(x_dim=64, z_dim=3, hidden=(16,))
+    with pytest.raises(TrainingError) as info:
+        Trainer(model, guide, TrainConfig(epochs=2, batch_size=50, out=str(tmp_path), progress=False, eval_every=0)).fit(
+            train_x, val_x, dynamic=True
+        )
+    assert "no checkpoint was written yet" in str(info.value) and "last good checkpoint" not in str(info.value)
+
+
+def test_skip_fails_when_every_batch_of_an_epoch_is_skipped(tmp_path):
+    train_x, val_x = _digits()
+    pyro.set_rng_seed(0)
+    model, guide = PoisonedDecoderVAE(bad_step=1, persistent=True), MeanFieldGuide(x_dim=64, z_dim=3, hidden=(16,))
+    config = TrainConfig(epochs=2, batch_size=50, progress=False, eval_every=0, nan_policy="skip", out=str(tmp_path))
+    with pytest.raises(TrainingError, match="every batch of epoch 1 .* was skipped"):
+        Trainer(model, guide, config).fit(train_x, val_x, dynamic=True)
+
+
+def test_json_output_is_strict(tmp_path):
+    path = write_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -math.inf}, "e": 2.5}, tmp_path / "r.json")
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    assert json.loads(Path(path).read_text(), parse_constant=refuse) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": 2.5}
+    assert os.listdir(tmp_path) == ["r.json"]
