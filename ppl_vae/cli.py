@@ -61,12 +61,17 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         choices=BINARIZE_MODES,
         help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)",
     )
-    p.add_argument("--model", default="vae", choices=sorted(MODELS), help="generative model (default: vae)")
+    p.add_argument(
+        "--model",
+        default="vae",
+        help=f"generative model: {', '.join(sorted(MODELS))}, or your own Pyro model as path/to/file.py:name (a function, "
+        "an object, or a class taking x_dim / image_shape) (default: vae)",
+    )
     p.add_argument(
         "--guide",
         default=None,
-        choices=sorted(GUIDES),
-        help="amortized guide q(z|x) (default: hierarchical for the hierarchical model, else mean_field)",
+        help=f"amortized guide q(z|x): {', '.join(sorted(GUIDES))}, or your own as path/to/file.py:name (default: "
+        "hierarchical for the hierarchical model, else mean_field)",
     )
     p.add_argument(
         "--prior",
@@ -146,6 +151,13 @@ def _add_checkpoint_options(p: argparse.ArgumentParser, default_out: str) -> Non
     p.add_argument("--out", default=None, help=f"output folder (default: {default_out})")
     p.add_argument("--data", default=None, help="the data file or folder to use instead of the one recorded in the checkpoint")
     p.add_argument("--data-dir", default=None, help="the folder of a named data set, instead of the recorded one")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the model instead of the recorded one (a name or path/to/file.py:name); with --data and --guide it opens "
+        "a checkpoint written by Trainer from Python",
+    )
+    p.add_argument("--guide", default=None, help="the guide instead of the recorded one (a name or path/to/file.py:name)")
     _add_common(p)
 
 
@@ -184,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="comma-separated objective specs; a spec's own parameters also use commas: elbo,iwae:k=5,vr:alpha=0.5,k=5,dreg:k=5",
     )
+    c.add_argument(
+        "--resume", action="store_true", help="continue a comparison in --out: finished variants are read back, not retrained"
+    )
     c.add_argument("--guides", default=None, help="comma-separated guides to cross with the objectives (default: --guide)")
     c.add_argument("--models", default=None, help="comma-separated models to cross with the objectives (default: --model)")
 
@@ -218,8 +233,32 @@ def split_specs(text: str) -> list[str]:
     return specs
 
 
+def check_pair_names(model: str | None, guide: str | None, model_required: bool = True) -> None:
+    """Built-in names or ``file.py:name`` references to files that exist."""
+    from .guides import GUIDES
+    from .models import MODELS
+    from .user_code import is_file_ref, resolve_ref
+
+    for what, name, known in (("model", model, MODELS), ("guide", guide, GUIDES)):
+        if name is None:
+            continue
+        if is_file_ref(name):
+            resolve_ref(name)
+        elif name not in known:
+            raise ValueError(f"unknown {what} '{name}'; known: {', '.join(sorted(known))}, or your own as path/to/file.py:name")
+
+
 def model_options(args) -> dict:
     """Guide name and the keyword options of model and guide that the flags describe."""
+    from .user_code import is_file_ref, resolve_ref
+
+    if is_file_ref(args.model) or is_file_ref(args.guide):
+        if args.guide is None:
+            raise ValueError("your own model needs a guide too: --guide NAME or --guide path/to/file.py:name")
+        own = {"model": resolve_ref(args.model) if is_file_ref(args.model) else args.model}
+        own["guide"] = resolve_ref(args.guide) if is_file_ref(args.guide) else args.guide
+        guide_kwargs = {} if is_file_ref(args.guide) else {"z_dim": args.z_dim, "hidden": args.hidden}
+        return {**own, "model_kwargs": {}, "guide_kwargs": guide_kwargs}
     if args.model == "hierarchical":
         layers = {} if args.z_dims is None else {"z_dims": args.z_dims, "hidden": [args.hidden] * len(args.z_dims)}
         return {
@@ -272,6 +311,7 @@ def _spec_and_config(args, objective: str):
     from .train import TrainConfig
 
     check_run_arguments(args)
+    check_pair_names(args.model, args.guide)
     spec = {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize, "model": args.model}
     if args.data:
         from .user_data import data_fingerprint
@@ -301,8 +341,6 @@ def _spec_and_config(args, objective: str):
 
 def cmd_compare(args) -> int:
     from .compare import compare, markdown_table
-    from .guides import GUIDES
-    from .models import MODELS
     from .objectives import get_objective
 
     objectives = split_specs(args.objectives)
@@ -312,13 +350,17 @@ def cmd_compare(args) -> int:
         get_objective(spec)  # a typo is an error before hours of training, not a failed row
     guides = [g.strip() for g in args.guides.split(",") if g.strip()] if args.guides else None
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    for what, names, known in (("guide", guides, GUIDES), ("model", models, MODELS)):
-        unknown = [n for n in names or [] if n not in known]
-        if unknown:
-            raise ValueError(f"unknown {what} {unknown} in --{what}s; known: {', '.join(sorted(known))}")
+    from .user_code import is_file_ref, resolve_ref
+
+    for name in guides or []:
+        check_pair_names(None, name)
+    for name in models or []:
+        check_pair_names(name, None)
+    guides = guides and [resolve_ref(g) if is_file_ref(g) else g for g in guides]
+    models = models and [resolve_ref(m) if is_file_ref(m) else m for m in models]
     _run_folder(args, "compare", Path(args.data).stem if args.data else args.dataset, compare=True)
     spec, config = _spec_and_config(args, objectives[0])
-    rows = compare(spec, config, objectives, guides, models, test_k=args.test_k)
+    rows = compare(spec, config, objectives, guides, models, test_k=args.test_k, resume=args.resume)
     print(markdown_table(rows))
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, validation_curves.png, rate_distortion.png")
     return 0 if any(r["status"] == "ok" for r in rows) else 1
@@ -340,14 +382,23 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_for_output(args, out: Path):
+def _load_for_output(args, out: Path, need_data: bool = True):
     """Check the output folder (before any work), rebuild the checkpoint's pair and data, seed."""
     from .device import seed_everything
     from .experiment import load_trained
     from .faults import check_output_folder
 
     check_output_folder(out, needed_bytes=2**20)
-    trainer, data, notes = load_trained(args.checkpoint, device=args.device, data=args.data, data_dir=args.data_dir)
+    check_pair_names(args.model, args.guide)
+    trainer, data, notes = load_trained(
+        args.checkpoint,
+        device=args.device,
+        data=args.data,
+        data_dir=args.data_dir,
+        model=args.model,
+        guide=args.guide,
+        need_data=need_data,
+    )
     for line in notes:
         print(line, file=sys.stderr)
     seed_everything(args.seed)
@@ -406,6 +457,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
     from .plots import sample, save_grid, save_pictures
 
     if args.n < 1:
@@ -414,7 +468,13 @@ def cmd_sample(args) -> int:
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; name a folder for the pictures")
-    trainer, data, ckpt = _load_for_output(args, out)
+    trainer, data, ckpt = _load_for_output(args, out, need_data=False)
+    if data is None:  # the checkpoint alone: unconditional samples, no reconstructions
+        image_shape = tuple(trainer.config.meta["image_shape"])
+        like = torch.zeros(1, int(np.prod(image_shape)), device=trainer.device)
+        path = save_grid(sample(trainer.model, like, args.n), image_shape, out / "samples.png")
+        print(f"wrote {path}")
+        return 0
     test_x = data.eval_x("test", trainer.device)
     paths = save_pictures(trainer.model, trainer.guide, test_x, data.image_shape, out)
     paths["samples"] = str(save_grid(sample(trainer.model, test_x, args.n), data.image_shape, out / "samples.png"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import itertools
+import json
 import re
 import traceback
 from dataclasses import replace
@@ -51,30 +52,63 @@ def compare(
     guides: list[str] | None = None,
     models: list[str] | None = None,
     test_k: int = 1000,
+    resume: bool = False,
 ) -> list[dict]:
-    """Train and score every combination; returns one row per variant (see :data:`COLUMNS`)."""
+    """Train and score every combination; returns one row per variant (see :data:`COLUMNS`).
+
+    With ``resume``, a variant whose folder holds a finished result of this budget is read back
+    instead of trained, and one with only a checkpoint continues from it. Ctrl-C writes the
+    table of what has finished (the rest marked) before it stops.
+    """
     if not objectives:
         raise ValueError("compare needs at least one objective")
     guides = guides or [spec.get("guide", "mean_field")]
     models = models or [spec.get("model", "vae")]
     vary = {name for name, values in (("guide", guides), ("model", models)) if len(values) > 1}
     out = Path(config.out or "runs/compare")
-    rows = []
-    for objective, guide, model in itertools.product(objectives, guides, models):
+    variants = list(itertools.product(objectives, guides, models))
+    rows: list[dict] = []
+    for i, (objective, guide, model) in enumerate(variants, start=1):
         name = variant_name(objective, guide, model, vary)
-        variant_spec = {**copy.deepcopy(spec), "guide": guide, "model": model}
+        label = f"variant {i} of {len(variants)}: {name}"
+        variant_spec = {**copy.deepcopy(spec), "guide": guide, "model": model, "progress_label": label}
         cfg = replace(config, objective=objective, out=str(out / _slug(name)), meta={})
         row: dict[str, Any] = {"variant": name, "objective": objective, "guide": guide, "model": model}
+        if not config.progress:
+            print(label, flush=True)
         try:
-            result = train_and_report(variant_spec, cfg, test_k=test_k)
+            result = _finished(cfg) if resume else None
+            if result is None:
+                result = train_and_report(variant_spec, cfg, test_k=test_k, resume=resume and _has_checkpoint(cfg))
             row.update({k: result[k] for k, _ in COLUMNS if k in result}, status="ok", history=result["history"])
         except TrainingError as err:
             row.update(status="diverged", error=str(err))
+        except KeyboardInterrupt:
+            rows.append({**row, "status": "interrupted", "error": "Ctrl-C; continue with --resume"})
+            rows += [
+                {"variant": variant_name(*v, vary), "status": "not run", "error": "Ctrl-C before it started"}
+                for v in variants[i:]
+            ]
+            write_reports(rows, out)
+            raise
         except Exception as err:  # one broken variant must not stop the comparison
             row.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=3))
         rows.append(row)
     write_reports(rows, out)
     return rows
+
+
+def _has_checkpoint(cfg: TrainConfig) -> bool:
+    return (Path(cfg.out) / "checkpoint.pt").exists()
+
+
+def _finished(cfg: TrainConfig) -> dict | None:
+    """A variant's result.json when it finished the same number of epochs, else None."""
+    path = Path(cfg.out) / "result.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("epochs") == cfg.epochs and result.get("objective") == cfg.objective else None
 
 
 def _cell(row: dict, key: str) -> str:

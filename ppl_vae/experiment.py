@@ -24,19 +24,29 @@ from .plots import save_pictures
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer
 
 
-def build_pair(spec: dict[str, Any], x_dim: int):
-    """Model and guide named by ``spec["model"]`` / ``spec["guide"]`` with their keyword options."""
+def build_pair(spec: dict[str, Any], x_dim: int, image_shape=None):
+    """Model and guide named by ``spec["model"]`` / ``spec["guide"]`` with their keyword options:
+    built-in names, or a user's own ``file.py:name`` (:mod:`ppl_vae.user_code`)."""
     from ppl_vae.guides import GUIDES
     from ppl_vae.models import MODELS
 
+    from .user_code import is_file_ref, load_user_callable
+
     model_name, guide_name = spec.get("model", "vae"), spec.get("guide", "mean_field")
-    if model_name not in MODELS:
-        raise ValueError(f"unknown model '{model_name}'; known: {', '.join(MODELS)}")
-    if guide_name not in GUIDES:
-        raise ValueError(f"unknown guide '{guide_name}'; known: {', '.join(GUIDES)}")
+    if model_name not in MODELS and not is_file_ref(model_name):
+        raise ValueError(f"unknown model '{model_name}'; known: {', '.join(MODELS)}, or your own as path/to/file.py:name")
+    if guide_name not in GUIDES and not is_file_ref(guide_name):
+        raise ValueError(f"unknown guide '{guide_name}'; known: {', '.join(GUIDES)}, or your own as path/to/file.py:name")
+    shared: dict = {}  # a model and a guide from one class of the user's share its instance
     try:
-        model = MODELS[model_name](x_dim=x_dim, **spec.get("model_kwargs", {}))
-        guide = GUIDES[guide_name](x_dim=x_dim, **spec.get("guide_kwargs", {}))
+        if is_file_ref(model_name):
+            model = load_user_callable(model_name, x_dim, image_shape, shared)
+        else:
+            model = MODELS[model_name](x_dim=x_dim, **spec.get("model_kwargs", {}))
+        if is_file_ref(guide_name):
+            guide = load_user_callable(guide_name, x_dim, image_shape, shared)
+        else:
+            guide = GUIDES[guide_name](x_dim=x_dim, **spec.get("guide_kwargs", {}))
     except TypeError as err:
         raise ValueError(f"bad options for model '{model_name}' or guide '{guide_name}': {err}") from None
     if hasattr(model, "attach_guide"):  # priors that read the guide (vamp, acn)
@@ -70,7 +80,7 @@ def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 10
     data = dataset_of(spec)
     config.meta = {**spec, "image_shape": list(data.image_shape)}
     seed_everything(config.seed)  # the networks' initial weights follow the seed too
-    model, guide = build_pair(spec, data.x_dim)
+    model, guide = build_pair(spec, data.x_dim, data.image_shape)
     trainer = Trainer(model, guide, config)
     train_x, dynamic = train_x_of(data)
     val_x = data.eval_x("val", trainer.device)
@@ -159,17 +169,40 @@ def report_table(result: dict) -> str:
     return format_table(rows)
 
 
-def load_trained(path: str | Path, device: str = "auto", data: str | None = None, data_dir: str | None = None):
-    """Rebuild ``(trainer, dataset, notes)`` from a checkpoint written by :func:`train_and_report`.
+def load_trained(
+    path: str | Path,
+    device: str = "auto",
+    data: str | None = None,
+    data_dir: str | None = None,
+    model: str | None = None,
+    guide: str | None = None,
+    need_data: bool = True,
+):
+    """Rebuild ``(trainer, dataset, notes)`` from a checkpoint.
 
     ``data`` (a file or folder) or ``data_dir`` (the folder of a named data set) replace the
     recorded location; ``notes`` says so, and whether the data differ from those trained on.
+    ``model`` and ``guide`` (names or ``file.py:name``) replace the recorded ones; with
+    ``data`` they also open a checkpoint written by :class:`Trainer` from Python, which
+    records neither. With ``need_data=False`` a checkpoint whose data file is gone still loads
+    (the dataset is then ``None``).
     """
+    from .user_code import is_file_ref, resolve_ref
+
     state = load_checkpoint(path)
     cfg = dict(state["config"])
     spec = dict(cfg.get("meta") or {})
-    if "dataset" not in spec:
-        raise CheckpointError(f"checkpoint {path} has no data set spec: it was not written by ppl-vae train")
+    for key, value in (("model", model), ("guide", guide)):
+        if value is not None:
+            spec[key] = resolve_ref(value) if is_file_ref(value) else value
+    if "dataset" not in spec and data is not None:
+        spec["dataset"] = str(Path(data).resolve())
+        data = None
+    if "dataset" not in spec or "model" not in spec or "guide" not in spec:
+        raise CheckpointError(
+            f"checkpoint {path} does not say which data, model and guide it was trained with (written by Trainer from "
+            "Python?): pass --data PATH, --model and --guide (built-in names or path/to/file.py:name)"
+        )
     cfg.update(device=device, out=None)
     config = TrainConfig(**cfg)
     notes = []
@@ -186,17 +219,38 @@ def load_trained(path: str | Path, device: str = "auto", data: str | None = None
             notes.append(f"data folder: {data_dir} instead of the recorded {spec.get('data_dir')}")
             spec["data_dir"] = data_dir
     elif spec.get("data_sha256") and not Path(spec["dataset"]).exists():
-        raise CheckpointError(
-            f"the data this checkpoint was trained on, {spec['dataset']}, is not there any more; pass --data PATH"
-        )
+        if need_data or "image_shape" not in spec:
+            raise CheckpointError(
+                f"the data this checkpoint was trained on, {spec['dataset']}, is not there any more; pass --data PATH"
+            )
+        notes.append(f"the training data {spec['dataset']} are not there: samples only, no reconstructions")
+        return _without_data(state, spec, config), None, notes
     data = dataset_of(spec)
-    model, guide = build_pair(spec, data.x_dim)
+    model, guide = build_pair(spec, data.x_dim, data.image_shape)
     trainer = Trainer(model, guide, config)
     train_x = train_x_of(data)[0].to(trainer.device)
     trainer.refresh(train_x)  # data-dependent state must exist before the first trace
     trainer._capture_params(data.eval_x("val", trainer.device)[:2])
-    trainer.load_params({k: v.to(trainer.device) for k, v in state["params"].items()})
-    trainer.epoch = state["epoch"]
+    _load_state(trainer, state)
     trainer.refresh(train_x)  # and follow the loaded weights
     trainer.set_training(False)
     return trainer, data, notes
+
+
+def _load_state(trainer: Trainer, state: dict) -> None:
+    trainer.load_params({k: v.to(trainer.device) for k, v in state["params"].items()})
+    trainer.epoch = state["epoch"]
+
+
+def _without_data(state: dict, spec: dict, config: TrainConfig) -> Trainer:
+    """The trained pair from the checkpoint alone, its input size read from the recorded image shape."""
+    image_shape = tuple(spec["image_shape"])
+    x_dim = int(torch.tensor(image_shape).prod())
+    model, guide = build_pair(spec, x_dim, image_shape)
+    if hasattr(getattr(model, "prior", model), "refresh"):  # the VAE's refresh is its prior's
+        raise CheckpointError("this model's prior reads the training data (acn): pass --data PATH")
+    trainer = Trainer(model, guide, config)
+    trainer._capture_params(torch.zeros(2, x_dim, device=trainer.device))
+    _load_state(trainer, state)
+    trainer.set_training(False)
+    return trainer

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,13 +109,39 @@ def _to_device(fn, device):
     return fn
 
 
+class ParamStoreNote(UserWarning):
+    """The trainer emptied a Pyro param store that held parameters it had not created."""
+
+
+# names of the parameters trainers registered: only other names in the store are a user's own
+_TRAINER_PARAMS: set[str] = set()
+
+
+def _start_from_an_empty_param_store() -> None:
+    """Empty Pyro's param store, as Pyro's examples do before SVI (stale parameters of another
+    pair under the same names would otherwise be trained in place of this pair's); say so when
+    it held parameters that no trainer created."""
+    store = pyro.get_param_store()
+    foreign = sorted(set(store.keys()) - _TRAINER_PARAMS)
+    if foreign:
+        warnings.warn(
+            f"Trainer starts from an empty Pyro param store and dropped {len(foreign)} parameter(s) it did not create "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); keep them with "
+            "pyro.get_param_store().get_state() before, and set_state() after, if you need them",
+            ParamStoreNote,
+            stacklevel=3,
+        )
+    pyro.clear_param_store()
+
+
 class Trainer:
     """Trains ``model`` and ``guide`` with ``config.objective`` (or an objective object).
 
     >>> trainer = Trainer(VAE(), MeanFieldGuide(), TrainConfig(epochs=5))  # doctest: +SKIP
     >>> history = trainer.fit(train_x, val_x)                               # doctest: +SKIP
 
-    Like Pyro's examples, training starts from an empty Pyro param store.
+    Like Pyro's examples, training starts from an empty Pyro param store; parameters a user put
+    there are dropped with a :class:`ParamStoreNote` warning that says so.
     """
 
     def __init__(self, model, guide, config: TrainConfig, objective=None):
@@ -135,7 +162,7 @@ class Trainer:
         self.epoch_total: torch.Tensor | None = None
         self.epoch_skipped = 0
         self.step_fn: Any = None  # EagerStep or CompiledStep, chosen in fit()
-        pyro.clear_param_store()
+        _start_from_an_empty_param_store()
 
     # ------------------------------------------------------------------ parameters
 
@@ -155,6 +182,7 @@ class Trainer:
                 "or make them PyroModules, and create other parameters with pyro.param"
             )
         self.params = params
+        _TRAINER_PARAMS.update(pyro.get_param_store().keys())
         self.optimizer = torch.optim.Adam(self.params.values(), lr=self.config.lr)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.config.lr_decay)
 
@@ -270,7 +298,7 @@ class Trainer:
             total=cfg.epochs * len(batches),
             initial=self.epoch * len(batches) + self.batch_in_epoch,
             disable=not cfg.progress,
-            desc="train",
+            desc=cfg.meta.get("progress_label", "train"),
             unit="step",
         )
         try:

@@ -15,6 +15,7 @@ TINY = {
     "posterior_gap.py": [*SMALL, "--guides", "mean_field,full_cov,iaf,planar"],
     "two_layer_tutorial.py": SMALL,
     "compare_priors.py": [*SMALL, "--components", "5"],
+    "own_model.py": ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--device", "cpu"],
 }
 
 

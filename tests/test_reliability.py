@@ -296,7 +296,7 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 
 CLI_ERRORS = [
-    (["train", "--model", "nope"], "invalid choice: 'nope'"),
+    (["train", "--model", "nope"], "unknown model 'nope'"),
     (["train", "--dataset", "mnist", "--data-dir", "{tmp}"], "no mnist.npz and no IDX files"),
     (["train", "--dataset", "mnist", "--data-dir", "{tmp}/nan"], "holds NaN or infinite values"),
     (["train", "--dataset", "digits", "--out", "{tmp}/file/run"], "not writable"),

@@ -135,3 +135,35 @@ def test_json_output_is_strict(tmp_path):
 
     assert json.loads(Path(path).read_text(), parse_constant=refuse) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": 2.5}
     assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_compare_resume_reads_finished_variants_back_and_continues_the_rest(tmp_path, capsys):
+    out = tmp_path / "c"
+    argv = ["compare", *TINY, "--objectives", "elbo,iwae:k=2", "--out", str(out)]
+    assert main(argv) == 0
+    assert "variant 1 of 2: elbo" in capsys.readouterr().out
+    finished = (out / "elbo" / "result.json").stat().st_mtime_ns
+    (out / "iwae_k=2" / "result.json").unlink()  # as if stopped after its checkpoint
+    assert main(argv) == 2  # a non-empty comparison folder needs --resume or --overwrite
+    assert main([*argv, "--resume"]) == 0
+    assert (out / "elbo" / "result.json").stat().st_mtime_ns == finished
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
+def test_ctrl_c_in_compare_writes_the_partial_table(tmp_path, monkeypatch):
+    import ppl_vae.compare
+
+    real = ppl_vae.compare.train_and_report
+
+    def interrupted_on_the_second(spec, cfg, **kw):
+        if cfg.objective != "elbo":
+            raise KeyboardInterrupt
+        return real(spec, cfg, **kw)
+
+    monkeypatch.setattr(ppl_vae.compare, "train_and_report", interrupted_on_the_second)
+    argv = ["compare", *TINY, "--objectives", "elbo,iwae:k=2,stl", "--out", str(tmp_path / "c")]
+    assert main(argv) == 130
+    rows = json.loads((tmp_path / "c" / "compare.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "interrupted", "not run"]
+    assert "interrupted" in (tmp_path / "c" / "compare.md").read_text()

@@ -119,6 +119,10 @@ class PerPointObjective:
         with torch.no_grad():
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
+    def __call__(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The differentiable loss: what ``pyro.infer.SVI(model, guide, optim, loss=objective)`` calls."""
+        return self.differentiable_loss(model, guide, *args, **kwargs)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self.num_particles})"
 

@@ -91,5 +91,9 @@ class LatentScaled:
     def loss(self, model, guide, *args, **kwargs) -> float:
         return self.objective.loss(*self._pair(model, guide, args), *args, **kwargs)
 
+    def __call__(self, model, guide, *args, **kwargs):
+        """The differentiable loss, so ``pyro.infer.SVI`` takes this object as its ``loss``."""
+        return self.differentiable_loss(model, guide, *args, **kwargs)
+
     def __repr__(self) -> str:
         return f"LatentScaled({self.objective!r}, beta={self.beta}, warmup={self.warmup}, warmup_epochs={self.warmup_epochs})"

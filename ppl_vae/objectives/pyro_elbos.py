@@ -73,6 +73,10 @@ class AnalyticKLELBO:
         self._check(model, guide, args, kwargs)
         return _quiet(self.jit, self.elbo.loss, model, guide, *args, **kwargs)
 
+    def __call__(self, model, guide, *args, **kwargs):
+        """The differentiable loss, so ``pyro.infer.SVI`` takes this object as its ``loss``."""
+        return self.differentiable_loss(model, guide, *args, **kwargs)
+
     def __repr__(self):
         return f"AnalyticKLELBO(jit={self.jit})"
 
@@ -88,6 +92,9 @@ class JitTraceELBO:
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         return _quiet(True, self.elbo.loss, model, guide, *args, **kwargs)
+
+    def __call__(self, model, guide, *args, **kwargs):
+        return self.differentiable_loss(model, guide, *args, **kwargs)
 
 
 def _quiet(jit: bool, fn, *args, **kwargs):
