@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
 PIP_TORCH_ARGS ?=
-RUN_ARGS ?= --dataset mnist5k --epochs 150 --z-dim 10 --eval-every 10 --test-k 1000 --out runs/mnist5k
+RUN_ARGS ?= --dataset mnist5k --epochs 150 --z-dim 10 --eval-every 10 --test-k 1000 --out runs/mnist5k --overwrite
 
 .PHONY: install run test test-slow lint bench clean
 
