@@ -329,7 +329,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, binarize:
     out = []
     for split_name, (x, y) in zip(("train", "validation", "test"), splits):
         xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-        check_data(xt, f"{name} {split_name} split", unit_interval=scale != "none")
+        check_data(xt, f"{name} {split_name} split", unit_interval=False)
+        if binarize != "none" and (xt.min() < 0 or xt.max() > 1):
+            raise DataError(
+                f"{name} {split_name} split has values in [{float(xt.min()):g}, {float(xt.max()):g}]; binarisation "
+                f"(binarize='{binarize}') needs intensities in [0, 1]: keep real values with --binarize none and a "
+                "likelihood for them (gaussian)"
+            )
         out.append(Split(xt, None if y is None else torch.as_tensor(y)))
     dims = {tuple(s.x.shape[1:]) for s in out}
     if len(dims) > 1:

@@ -210,6 +210,8 @@ def load_trained(
         from .user_data import data_fingerprint
 
         if data is not None:
+            if not Path(data).exists():
+                raise CheckpointError(f"--data {data} does not exist")
             notes.append(f"data: {Path(data).resolve()} instead of the recorded {spec['dataset']}")
             spec.update(dataset=str(Path(data).resolve()), data_dir=None)
             digest = data_fingerprint(data)

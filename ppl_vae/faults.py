@@ -34,8 +34,9 @@ def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data
     except ContractError:
         raise
     except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__  # not Pyro's trace dump
         raise ValueError(
-            f"the model and guide cannot run on {what} of shape {tuple(x.shape)}: {err}. "
+            f"the model and guide cannot run on {what} of shape {tuple(x.shape)}: {type(err).__name__}: {first}. "
             "Check that the data dimension matches the model's (x_dim)"
         ) from None
     for name in terms.observed:

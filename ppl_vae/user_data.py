@@ -53,6 +53,8 @@ def image_shape_of(per_point: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _points(x: np.ndarray, what: str) -> np.ndarray:
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{what} has dtype {x.dtype}; expected numbers (uint8 pixels or floats in [0, 1])")
     if x.ndim not in (2, 3, 4):
         raise DataError(f"{what} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
     if x.shape[0] == 0:

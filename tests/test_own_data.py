@@ -145,3 +145,35 @@ def test_a_test_split_of_another_shape_is_refused_before_training(tmp_path, caps
     assert main(_train_argv(tmp_path / "d.npz", tmp_path / "run")) == 2
     assert "different shapes" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_vague_cases_found_by_trying_bad_inputs_now_say_what_is_wrong(tmp_path, capsys):
+    np.savez(tmp_path / "real.npz", x_train=RNG.standard_normal((60, 16)).astype(np.float32))
+    np.save(tmp_path / "words.npy", np.array([["a", "b"]]))
+    (tmp_path / "boom.py").write_text("def model(x):\n    raise RuntimeError('boom')\n")
+    cases = [
+        (["--data", str(tmp_path / "real.npz"), "--scale", "none", "--likelihood", "gaussian"], "--binarize none"),
+        (["--data", str(tmp_path / "words.npy")], "dtype <U1; expected numbers"),
+        (
+            [
+                "--data",
+                str(tmp_path / "real.npz"),
+                "--scale",
+                "none",
+                "--binarize",
+                "none",
+                "--model",
+                f"{tmp_path}/boom.py:model",
+                "--guide",
+                "mean_field",
+            ],
+            "RuntimeError: boom. Check",
+        ),  # fmt: skip
+    ]
+    for extra, message in cases:
+        assert main(["train", *extra, "--epochs", "1", "--out", str(tmp_path / "r"), "--no-progress", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Trace Shapes" not in err, err
+    # real values with a Gaussian likelihood train when nothing binarises them
+    argv = ["train", "--data", str(tmp_path / "real.npz"), "--scale", "none", "--binarize", "none", "--likelihood", "gaussian"]
+    assert main([*argv, "--epochs", "1", "--test-k", "3", "--out", str(tmp_path / "ok"), "--no-progress", "--device", "cpu"]) == 0
