@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data import Dataset, load_dataset
 from .device import seed_everything
 from .evaluate import active_units, elbo_terms, log_px
+from .faults import check_pair_on_data
 from .plots import save_pictures
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer
 
@@ -84,6 +85,9 @@ def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 10
     trainer = Trainer(model, guide, config)
     train_x, dynamic = train_x_of(data)
     val_x = data.eval_x("val", trainer.device)
+    # the test split is scored after training: refuse it now, not after the last epoch
+    trainer.refresh(train_x.to(trainer.device))
+    check_pair_on_data(model, guide, data.eval_x("test", trainer.device), "test data")
     history = trainer.fit(train_x, val_x, dynamic=dynamic, resume=resume)
     result = score(trainer, data, test_k, out=Path(config.out) if config.out else None)
     result["history"] = history

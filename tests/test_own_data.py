@@ -177,3 +177,12 @@ def test_the_vague_cases_found_by_trying_bad_inputs_now_say_what_is_wrong(tmp_pa
     # real values with a Gaussian likelihood train when nothing binarises them
     argv = ["train", "--data", str(tmp_path / "real.npz"), "--scale", "none", "--binarize", "none", "--likelihood", "gaussian"]
     assert main([*argv, "--epochs", "1", "--test-k", "3", "--out", str(tmp_path / "ok"), "--no-progress", "--device", "cpu"]) == 0
+
+
+def test_a_test_split_outside_the_likelihoods_support_is_refused_before_training(tmp_path, capsys):
+    x = (RNG.random((60, 16)) > 0.5).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, x_test=RNG.random((10, 16)).astype(np.float32))  # test: grey levels
+    argv = ["train", "--data", str(tmp_path / "d.npz"), "--binarize", "none", "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 2
+    assert "test data row 0 lies outside the support" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
