@@ -70,6 +70,25 @@ def _loss_fn(model, guide, k: int):
 # --------------------------------------------------------------------------- variants: each returns seconds per epoch
 
 
+def timed_epochs(x, cfg, step) -> list[float]:
+    """Seconds per epoch of ``step(minibatch)`` over dynamically binarised, shuffled data on the device;
+    the losses ``step`` returns are summed and read once per epoch."""
+    gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    times = []
+    for _ in range(cfg.epochs):
+        _sync(cfg.device)
+        start = time.perf_counter()
+        xb_all = torch.bernoulli(x, generator=gen)
+        perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
+        total = 0.0
+        for i in range(0, x.shape[0], cfg.batch_size):
+            total = total + step(xb_all[perm[i : i + cfg.batch_size]])
+        float(total)
+        _sync(cfg.device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def hand_written(x, cfg, compiled=False):
     torch.manual_seed(cfg.seed)
     model, guide = make_pair(cfg.layers, cfg.device)
@@ -79,24 +98,15 @@ def hand_written(x, cfg, compiled=False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             loss_fn = torch.compile(loss_fn, dynamic=False)
-    gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-    times = []
-    for _ in range(cfg.epochs):
-        _sync(cfg.device)
-        start = time.perf_counter()
-        xb_all = torch.bernoulli(x, generator=gen)
-        perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
-        total = torch.zeros((), device=x.device)
-        for i in range(0, x.shape[0], cfg.batch_size):
-            loss = loss_fn(xb_all[perm[i : i + cfg.batch_size]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-        total.item()
-        _sync(cfg.device)
-        times.append(time.perf_counter() - start)
-    return times
+
+    def step(xb):
+        loss = loss_fn(xb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return timed_epochs(x, cfg, step)
 
 
 def ppl_vae_trainer(x, cfg, compile="on"):
@@ -127,19 +137,7 @@ def plain_pyro(x, cfg):
     model, guide = make_pair(cfg.layers, cfg.device)
     loss = pyro.infer.Trace_ELBO() if cfg.k == 1 else pyro.infer.RenyiELBO(alpha=0, num_particles=cfg.k, vectorize_particles=True)
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=loss)
-    gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-    times = []
-    for _ in range(cfg.epochs):
-        _sync(cfg.device)
-        start = time.perf_counter()
-        xb_all = torch.bernoulli(x, generator=gen)
-        perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
-        total = 0.0
-        for i in range(0, x.shape[0], cfg.batch_size):
-            total += svi.step(xb_all[perm[i : i + cfg.batch_size]])
-        _sync(cfg.device)
-        times.append(time.perf_counter() - start)
-    return times
+    return timed_epochs(x, cfg, svi.step)
 
 
 def pythae_vae(x, cfg):
