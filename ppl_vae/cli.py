@@ -135,6 +135,13 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         help="on a NaN/Inf loss or gradient: stop naming the step and site, skip the batch and count it, or off (default: stop)",
     )
     p.add_argument(
+        "--nan-check",
+        default="auto",
+        choices=["auto", "step", "deferred"],
+        help="when the NaN guard reads its flag: every step, or deferred (kept on the device, a bad step undone there, read "
+        "every 100 steps and before checkpoints); auto defers for a compiled step on CUDA (default: auto)",
+    )
+    p.add_argument(
         "--compile",
         default="auto",
         choices=["auto", "on", "off"],
@@ -335,6 +342,7 @@ def _spec_and_config(args, objective: str):
         checkpoint_every=args.checkpoint_every,
         nan_policy=args.nan_policy,
         compile=args.compile,
+        nan_check=args.nan_check,
     )
     return spec, config
 

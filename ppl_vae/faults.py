@@ -108,6 +108,63 @@ def all_finite(loss: torch.Tensor, params) -> torch.Tensor:
     return torch.stack(flags).all()
 
 
+class DeferredGuard:
+    """The NaN guard without a host read per step: each step's finiteness stays on the device.
+
+    :meth:`update` steps the optimizer and then, where the loss or a gradient was not finite,
+    puts every parameter and optimizer state back as it was (an on-device select): a bad
+    step is never applied, exactly as if it had been skipped. Counts of bad steps, the first
+    bad step and its batch stay on the device until :meth:`read`, which the loop calls every
+    few steps, before each checkpoint and at epoch ends (one host read each).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]):
+        self.optimizer, self.params = optimizer, params
+        device = params[0].device
+        self.bad = torch.zeros((), dtype=torch.long, device=device)
+        self.epoch_bad = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_x: torch.Tensor | None = None
+
+    def _snapshot(self) -> list[tuple[torch.Tensor, dict]]:
+        state = self.optimizer.state
+        return [
+            (p.detach().clone(), {k: v.clone() for k, v in state.get(p, {}).items() if isinstance(v, torch.Tensor)})
+            for p in self.params
+        ]
+
+    def update(self, loss: torch.Tensor, step: int, x: torch.Tensor) -> torch.Tensor:
+        """Apply this step's update where it is finite; returns the device flag."""
+        ok = all_finite(loss, self.params)
+        before = self._snapshot()
+        self.optimizer.step()
+        with torch.no_grad():
+            for p, (old_p, old_state) in zip(self.params, before):
+                p.copy_(torch.where(ok, p, old_p))
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor):
+                        # state this step created goes back to zeros, which is Adam's fresh state
+                        old = old_state.get(key)
+                        value.copy_(torch.where(ok, value, old if old is not None else torch.zeros_like(value)))
+            first_now = ~ok & (self.first_bad < 0)
+            self.first_bad = torch.where(first_now, torch.full_like(self.first_bad, step), self.first_bad)
+            if self.bad_x is None:
+                self.bad_x = torch.zeros_like(x)
+            if self.bad_x.shape == x.shape:
+                self.bad_x = torch.where(first_now, x, self.bad_x)
+            self.bad += (~ok).long()
+            self.epoch_bad += (~ok).long()
+        return ok
+
+    def read(self) -> tuple[int, int, int]:
+        """``(bad steps in all, bad steps this epoch, first bad step or -1)``: one host read."""
+        bad, epoch_bad, first = torch.stack([self.bad, self.epoch_bad, self.first_bad]).tolist()
+        return bad, epoch_bad, first
+
+    def new_epoch(self) -> None:
+        self.epoch_bad.zero_()
+
+
 def _named(names: list[str], what: str) -> list[str]:
     """``["<what> 'first' is not finite (and n more)"]``, or nothing when ``names`` is empty."""
     if not names:

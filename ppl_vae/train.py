@@ -29,12 +29,17 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DeviceBatches, as_data_tensor, check_data
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .evaluate import elbo_terms, log_px
-from .faults import InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
+from .faults import DeferredGuard, InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
 from .objectives import get_objective
 from .step import COMPILE_MODES, make_step, module_of
 
 CHECKPOINT_NAME = "checkpoint.pt"
 NAN_POLICIES = ("stop", "skip", "off")
+# "step" reads the guard's flag every step; "deferred" keeps it on the device (faults.DeferredGuard) and
+# reads it every DEFERRED_READ_EVERY steps, at checkpoints and epoch ends; "auto" defers for a compiled
+# step on CUDA, where a host read each step would stall the replayed graphs
+NAN_CHECKS = ("auto", "step", "deferred")
+DEFERRED_READ_EVERY = 100
 
 
 class TrainingError(RuntimeError):
@@ -75,6 +80,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     nan_policy: str = "stop"
     compile: str = "auto"
+    nan_check: str = "auto"
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -93,11 +99,15 @@ class TrainConfig:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got '{self.nan_policy}'")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got '{self.compile}'")
+        if self.nan_check not in NAN_CHECKS:
+            raise ValueError(f"nan_check must be one of {NAN_CHECKS}, got '{self.nan_check}'")
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed under this config."""
         d = asdict(self)
-        for key in ("epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy", "compile"):
+        for key in (
+            "epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy", "compile", "nan_check"
+        ):  # fmt: skip
             d.pop(key)
         return d
 
@@ -162,6 +172,7 @@ class Trainer:
         self.epoch_total: torch.Tensor | None = None
         self.epoch_skipped = 0
         self.step_fn: Any = None  # EagerStep or CompiledStep, chosen in fit()
+        self.deferred: DeferredGuard | None = None
         _start_from_an_empty_param_store()
 
     # ------------------------------------------------------------------ parameters
@@ -183,7 +194,9 @@ class Trainer:
             )
         self.params = params
         _TRAINER_PARAMS.update(pyro.get_param_store().keys())
-        self.optimizer = torch.optim.Adam(self.params.values(), lr=self.config.lr)
+        # capturable on CUDA: the step counter lives on the device, so no update reads the host
+        capturable = self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=self.config.lr, capturable=capturable)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.config.lr_decay)
 
     def state_dict(self) -> dict:
@@ -294,6 +307,10 @@ class Trainer:
             steps_to_go=(cfg.epochs - self.epoch) * len(batches) - self.batch_in_epoch,
             log=tqdm.write,
         )
+        defer = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and self.step_fn.compiled and self.device.type == "cuda")
+        self.deferred = DeferredGuard(self.optimizer, list(self.params.values())) if defer and cfg.nan_policy != "off" else None
+        if self.deferred is not None:
+            self.deferred.epoch_bad.fill_(self.epoch_skipped)  # a resumed epoch keeps its count
         bar = tqdm(
             total=cfg.epochs * len(batches),
             initial=self.epoch * len(batches) + self.batch_in_epoch,
@@ -316,6 +333,8 @@ class Trainer:
         skip, self.batch_in_epoch = self.batch_in_epoch, 0
         if skip == 0:
             self.epoch_total, self.epoch_skipped = torch.zeros((), device=self.device), 0
+            if self.deferred is not None:
+                self.deferred.new_epoch()
         set_progress = getattr(self.objective, "set_progress", None)  # schedules (KL warm-up)
         self.set_training(True)
         self.refresh(batches.x)
@@ -326,6 +345,17 @@ class Trainer:
                 continue
             if set_progress is not None:
                 set_progress(self.step, self.epoch)
+            if self.deferred is not None:  # no host read: a bad step is undone on the device
+                try:
+                    loss = self.step_fn(xb)
+                except ValueError as err:  # Pyro's validation refusing NaN distribution parameters (eager step)
+                    if "invalid values" not in str(err):
+                        raise
+                    loss = torch.full((), math.nan, device=self.device)
+                ok = self.deferred.update(loss, self.step + 1, xb)
+                self.epoch_total += torch.where(ok, loss, torch.zeros_like(loss))
+                self._after_step(bar, guard, cfg)
+                continue
             try:
                 loss = self.step_fn(xb)  # the loss, with every parameter's gradient in .grad
                 finite = cfg.nan_policy == "off" or bool(all_finite(loss, params))
@@ -345,13 +375,8 @@ class Trainer:
             else:
                 self.optimizer.step()
                 self.epoch_total += loss  # type: ignore[operator]
-            self.step += 1
-            self.batch_in_epoch += 1
-            bar.update()
-            if guard.requested:
-                raise Interrupted(self.save())
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save()
+            self._after_step(bar, guard, cfg)
+        self._read_deferred()
         if self.epoch_skipped == len(batches):
             raise TrainingError(
                 f"every batch of epoch {self.epoch + 1} had a non-finite loss or gradient and was skipped "
@@ -376,6 +401,35 @@ class Trainer:
         self.save()
         if guard.requested:
             raise Interrupted(self._checkpoint_path())
+
+    def _after_step(self, bar, guard: InterruptGuard, cfg: TrainConfig) -> None:
+        self.step += 1
+        self.batch_in_epoch += 1
+        bar.update()
+        if self.deferred is not None and self.step % DEFERRED_READ_EVERY == 0:
+            self._read_deferred()
+        if guard.requested:
+            self._read_deferred()
+            raise Interrupted(self.save())
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self._read_deferred()  # no checkpoint of a state the guard has not cleared
+            self.save()
+
+    def _read_deferred(self) -> None:
+        """Read the deferred guard (one host read): stop on a bad step, or count the skipped ones."""
+        if self.deferred is None:
+            return
+        bad, epoch_bad, first = self.deferred.read()
+        self.epoch_skipped = epoch_bad
+        if bad and self.config.nan_policy == "stop":
+            x = self.deferred.bad_x
+            where = diagnose(self.model, self.guide, x, self.params) if x is not None else "its batch was not kept"
+            raise TrainingError(
+                f"non-finite loss or gradient at step {first} (found at step {self.step}: with nan_check='deferred' the "
+                f"guard is read every {DEFERRED_READ_EVERY} steps and before checkpoints): {where}. No non-finite step "
+                f"was applied (each was undone on the device); the finite steps after it were; {self._kept_checkpoint()} "
+                "(nan_policy='skip' skips such batches; nan_check='step' stops at once)"
+            )
 
     def _kept_checkpoint(self) -> str:
         """What the error can truthfully say of the checkpoint."""

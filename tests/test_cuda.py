@@ -76,6 +76,7 @@ def test_compiled_step_on_cuda_lands_where_the_eager_step_does(objective):
         trainer = Trainer(model, guide, cfg)
         trainer.fit(x, None, dynamic=True)
         assert trainer.step_fn.compiled == (mode == "on"), trainer.step_fn.reason
+        assert (trainer.deferred is not None) == (mode == "on")  # no host read per step under the CUDA graphs
         states[mode] = trainer.state_dict()
     assert max(float((states["on"][k] - states["off"][k]).abs().max()) for k in states["on"]) < 1e-2
 

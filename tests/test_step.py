@@ -329,3 +329,54 @@ def test_log_px_of_a_pair_that_cannot_be_captured_runs_eagerly():
         lw = LogWeights(model, guide, 1, compiled=True, log=lines.append)(_data(), 5)
     assert lw.shape == (5, BATCH) and len(lines) == 1 and "run eagerly" in lines[0]
     assert log_px(model, guide, _data(), k=10, compile="on").k == 10
+
+
+# --------------------------------------------------------------------------- the deferred NaN guard
+
+
+def _guarded_run(nan_check, policy="skip", bad_step=3, persistent=False, out=None, epochs=3):
+    from ppl_vae.data import load_dataset
+    from ppl_vae.guides import MeanFieldGuide
+
+    from helpers import PoisonedDecoderVAE
+
+    d = load_dataset("digits")
+    pyro.set_rng_seed(0)
+    model, guide = PoisonedDecoderVAE(bad_step=bad_step, persistent=persistent), MeanFieldGuide(x_dim=64, z_dim=3, hidden=(16,))
+    cfg = TrainConfig(epochs=epochs, batch_size=50, progress=False, eval_every=0, nan_policy=policy, nan_check=nan_check, out=out)
+    trainer = Trainer(model, guide, cfg)
+    trainer.fit(d.train.x[:200], None, dynamic=True)
+    return trainer
+
+
+def test_deferred_skip_is_exactly_the_per_step_skip():
+    """A bad step undone on the device (parameters and Adam's state put back) is a skipped step."""
+    step, deferred = _guarded_run("step"), _guarded_run("deferred")
+    assert deferred.deferred is not None and step.deferred is None
+    a, b = step.state_dict(), deferred.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        [h.get("skipped_batches") for h in deferred.history]
+        == [h.get("skipped_batches") for h in step.history]
+        == [1, None, None]
+    )
+    assert [h["train_loss"] for h in deferred.history] == pytest.approx([h["train_loss"] for h in step.history], rel=1e-6)
+
+
+def test_deferred_skip_of_the_very_first_step_leaves_adam_fresh():
+    step, deferred = _guarded_run("step", bad_step=1), _guarded_run("deferred", bad_step=1)
+    a, b = step.state_dict(), deferred.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deferred_stop_names_the_bad_step_and_applies_no_bad_update(tmp_path):
+    from ppl_vae import TrainingError
+    from ppl_vae.checkpoint import load_checkpoint
+
+    with pytest.raises(TrainingError) as info:
+        _guarded_run("deferred", policy="stop", bad_step=6, persistent=True, out=str(tmp_path))
+    message = str(info.value)
+    # 4 steps an epoch: step 6 is found at the epoch's end (step 8), before its checkpoint
+    assert "non-finite loss or gradient at step 6 (found at step 8" in message and "No non-finite step was applied" in message
+    assert "model site 'x'" in message and "last good checkpoint" in message
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
