@@ -2,6 +2,7 @@
 
 from functools import partial
 
+from .deterministic import DeterministicGuide
 from .flows import FLOWS, FlowGuide
 from .full_cov import FullCovGuide
 from .hierarchical import HierarchicalGuide
@@ -11,7 +12,8 @@ GUIDES = {
     "mean_field": MeanFieldGuide,
     "full_cov": FullCovGuide,
     "hierarchical": HierarchicalGuide,
+    "deterministic": DeterministicGuide,
     **{flow: partial(FlowGuide, flow=flow) for flow in FLOWS},
 }
 
-__all__ = ["FLOWS", "GUIDES", "FlowGuide", "FullCovGuide", "HierarchicalGuide", "MeanFieldGuide"]
+__all__ = ["FLOWS", "GUIDES", "DeterministicGuide", "FlowGuide", "FullCovGuide", "HierarchicalGuide", "MeanFieldGuide"]

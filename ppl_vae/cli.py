@@ -460,7 +460,8 @@ def cmd_evaluate(args) -> int:
             + report_rows(report)
         )
     )
-    print(f"wrote {path}, {out / 'evaluation.md'}, posterior.nc and pictures {', '.join(report.get('pictures', {}).values())}")
+    posterior = ", posterior.nc" if report.get("inference_data") else ""
+    print(f"wrote {path}, {out / 'evaluation.md'}{posterior} and pictures {', '.join(report.get('pictures', {}).values())}")
     return 0
 
 

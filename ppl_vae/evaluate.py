@@ -102,6 +102,24 @@ def iwae_ladder(log_w: torch.Tensor, ks) -> dict[int, torch.Tensor]:
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class NoDensityError(ValueError):
+    """The guide has a point-mass (Delta) site: q(z | x) has no density, so log p(x) has no estimate."""
+
+
+def refuse_point_masses(model, guide, x: torch.Tensor, max_plate_nesting: int) -> None:
+    """Raise :class:`NoDensityError` naming the guide's first point-mass site, if any."""
+    with same_draws(x.device):  # a look at the guide's sites draws nothing the estimate would
+        terms = site_terms(model, guide, x, num_particles=1, max_plate_nesting=max_plate_nesting)
+    for name in terms.guide_terms:
+        fn = terms.guide_trace.nodes[name]["fn"]
+        if type(getattr(fn, "base_dist", fn)).__name__ == "Delta":
+            raise NoDensityError(
+                f"guide site '{name}' is a point mass (a deterministic encoder): q(z|x) has no density, so there is no "
+                "importance-sampling estimate of log p(x); report the reconstruction error and the aggregate-posterior "
+                "tests instead"
+            )
+
+
 class LogWeights:
     """Importance log-weights ``(K, B)`` of one chunk of particles and data points.
 
@@ -193,6 +211,7 @@ def log_px(
     if compile not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, got '{compile}'")
     mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
+    refuse_point_masses(model, guide, x[:1], mpn)
     compiled = compile == "on" or (compile == "auto" and k * x.shape[0] >= AUTO_COMPILE_POINT_SAMPLES)
     log_weights = LogWeights(model, guide, mpn, compiled, log=tqdm.write)
     keep = bool(ladder) or psis

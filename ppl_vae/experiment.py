@@ -72,6 +72,8 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 
 
 def _fmt_log_px(r: dict) -> str:
+    if r.get("log_px") is None:
+        return "none: " + r.get("log_px_note", "not estimated")
     return f"{r['log_px']:.2f} ± {r['log_px_se']:.2f} (K={r['k']}, Monte Carlo SE {r['log_px_mc_se']:.3f})"
 
 
@@ -101,12 +103,22 @@ def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 10
     return result
 
 
-def score(trainer: Trainer, data: Dataset, k: int, out: Path | None) -> dict:
+def score(trainer: Trainer, data: Dataset, k: int, out: Path | None, aggregate_tests: bool = False) -> dict:
+    """Test-set scores; a guide with a point mass (a deterministic encoder) gets ``log_px: None``
+    with the reason in ``log_px_note``, and only its distortion (reconstruction error) of the ELBO
+    terms. ``aggregate_tests`` adds the tests of q(z) against N(0, I) (``prior_match``)."""
+    from .aggregate import aggregate_samples, prior_match_tests
+    from .evaluate import NoDensityError
+
     model, guide = trainer.model, trainer.guide
     trainer.set_training(False)
     test_x = data.eval_x("test", trainer.device)
     start = time.perf_counter()
-    est = log_px(model, guide, test_x, k=k, progress=trainer.config.progress)
+    try:
+        est = log_px(model, guide, test_x, k=k, progress=trainer.config.progress)
+        note = None
+    except NoDensityError as err:
+        est, note = None, str(err)
     terms = elbo_terms(model, guide, test_x)
     result: dict[str, Any] = {
         "dataset": data.name,
@@ -116,17 +128,21 @@ def score(trainer: Trainer, data: Dataset, k: int, out: Path | None) -> dict:
         "guide": trainer.config.meta.get("guide"),
         "epochs": trainer.epoch,
         "n_test": test_x.shape[0],
-        "log_px": est.log_px,
-        "log_px_se": est.log_px_se,
-        "log_px_mc_se": est.mc_se,
-        "k": est.k,
-        "test_elbo": terms.elbo,
-        "test_rate": terms.rate,
+        "log_px": est.log_px if est else None,
+        "log_px_se": est.log_px_se if est else None,
+        "log_px_mc_se": est.mc_se if est else None,
+        "k": est.k if est else None,
+        "test_elbo": terms.elbo if est else None,
+        "test_rate": terms.rate if est else None,
         "test_distortion": terms.distortion,
         "active_units": active_units(model, guide, test_x)["total"],
-        "eval_seconds": time.perf_counter() - start,
         "config": asdict(trainer.config),
     }
+    if note:
+        result["log_px_note"] = note
+    if aggregate_tests:
+        result["prior_match"] = prior_match_tests(aggregate_samples(model, guide, test_x[:500]))
+    result["eval_seconds"] = time.perf_counter() - start
     if out is not None:
         result["pictures"] = save_pictures(model, guide, test_x, data.image_shape, out)
     return result
@@ -160,9 +176,20 @@ def report_table(result: dict) -> str:
     ]
     if "train_loss" in result:
         rows.append(("train loss (nats/point)", f"{result['train_loss']:.2f}"))
-        rows.append(("validation ELBO", f"{result['val_elbo']:.2f}"))
+        if result.get("test_elbo") is None and result.get("history"):  # a point-mass guide: no ELBO
+            rows.append(("validation distortion", f"{result['history'][-1]['val_distortion']:.2f}"))
+        else:
+            rows.append(("validation ELBO", f"{result['val_elbo']:.2f}"))
+    if result.get("test_elbo") is None:
+        rows.append(("test distortion", f"{result['test_distortion']:.2f} (-E log p(x|z); a point-mass guide has no ELBO)"))
+    else:
+        rows.append(
+            (
+                "test ELBO",
+                f"{result['test_elbo']:.2f} (rate {result['test_rate']:.2f}, distortion {result['test_distortion']:.2f})",
+            )
+        )
     rows += [
-        ("test ELBO", f"{result['test_elbo']:.2f} (rate {result['test_rate']:.2f}, distortion {result['test_distortion']:.2f})"),
         ("test log p(x)", _fmt_log_px(result)),
         ("active units", f"{result['active_units']} (Cov_x E_q[u] > 0.01)"),
     ]

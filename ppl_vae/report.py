@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .aggregate import aggregate_samples, elbo_surgery, prior_match_tests
-from .evaluate import active_units, elbo_terms, log_px, posterior_means
+from .evaluate import NoDensityError, active_units, elbo_terms, log_px, posterior_means
 from .objectives import latent_kl
 from .plots import save_aggregate_view, save_iwae_curve, save_pictures, save_traversals
 from .posterior import export_inference_data, posterior_correlations
@@ -53,23 +53,32 @@ def full_report(
     """Every number of the evaluation report for ``x`` (see the module docstring)."""
     start = time.perf_counter()
     ladder = sorted({j for j in LADDER if j < k} | {k})
-    est = log_px(model, guide, x, k=k, ladder=ladder, psis=True, progress=progress)
+    try:
+        est = log_px(model, guide, x, k=k, ladder=ladder, psis=True, progress=progress)
+        report: dict[str, Any] = est.as_dict()
+        report["log_px_mc_se"] = report.pop("mc_se")
+    except NoDensityError as err:  # a deterministic encoder: reconstruction and q(z) tests only
+        est, report = None, {"log_px": None, "log_px_note": str(err), "n": x.shape[0], "k": None}
     terms = elbo_terms(model, guide, x)
     sub = x[:diagnostic_points]
-    report: dict[str, Any] = est.as_dict()
-    report["log_px_mc_se"] = report.pop("mc_se")
     report.update(
         {
-            "test_elbo": terms.elbo,
-            "test_rate": terms.rate,
+            "test_elbo": terms.elbo if est else None,
+            "test_rate": terms.rate if est else None,
             "test_distortion": terms.distortion,
             "active_units": active_units(model, guide, x)["total"],
-            "kl_per_dimension": _try(per_dimension_kl, model, guide, sub),
-            "surgery": _try(lambda: elbo_surgery(model, guide, sub).__dict__),
             "prior_match": _try(lambda: prior_match_tests(aggregate_samples(model, guide, sub))),
-            "posterior_correlation": _try(_correlation_summary, model, guide, x[: min(200, diagnostic_points)], min(k, 500)),
         }
     )
+    if est is None:
+        no_density = {"skipped": "a point-mass guide has no density q(z|x)"}
+        report.update(kl_per_dimension=no_density, surgery=no_density, posterior_correlation=no_density)
+    else:
+        report.update(
+            kl_per_dimension=_try(per_dimension_kl, model, guide, sub),
+            surgery=_try(lambda: elbo_surgery(model, guide, sub).__dict__),
+            posterior_correlation=_try(_correlation_summary, model, guide, x[: min(200, diagnostic_points)], min(k, 500)),
+        )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report["pictures"] = _pictures(model, guide, x, labels, image_shape, out, est, terms.elbo)
@@ -105,7 +114,7 @@ def _pictures(model, guide, x, labels, image_shape, out: Path, est, elbo) -> dic
             paths["aggregate_posterior"] = str(
                 save_aggregate_view(codes, None if labels is None else labels[: codes.shape[0]], out / "aggregate_posterior.png")
             )
-    if est.iwae_by_k:
+    if est is not None and est.iwae_by_k:
         paths["iwae_vs_k"] = str(save_iwae_curve(est.iwae_by_k, elbo, out / "iwae_vs_k.png"))
     return paths
 
@@ -115,6 +124,10 @@ def _p(v: float) -> str:
 
 
 def report_rows(r: dict) -> list[tuple[str, str]]:
+    if r["log_px"] is None:  # a point-mass guide: no density, no bound, no log p(x)
+        rows = [("test log p(x)", f"none: {r['log_px_note']}"), ("test distortion", f"{r['test_distortion']:.2f}")]
+        rows += [("active units", str(r["active_units"]))]
+        return rows + _aggregate_rows(r)
     rows = [
         (
             "test log p(x)",
@@ -139,14 +152,7 @@ def report_rows(r: dict) -> list[tuple[str, str]]:
             s.get("skipped") or f"{s['rate']:.2f} = {s['mutual_information']:.2f} + {s['marginal_kl']:.2f}",
         )
     )
-    m = r["prior_match"]
-    rows.append(
-        (
-            "q(z) vs N(0,I): p-values",
-            m.get("skipped")
-            or f"MMD {_p(m['p_value'])}, Mardia skew {_p(m['skewness_p_value'])}, kurtosis {_p(m['kurtosis_p_value'])}, radii {_p(m['radius_p_value'])}, pairwise {_p(m['pairwise_p_value'])}",
-        )
-    )
+    rows += _aggregate_rows(r)
     c = r["posterior_correlation"]
     rows.append(
         (
@@ -156,6 +162,16 @@ def report_rows(r: dict) -> list[tuple[str, str]]:
         )
     )
     return rows
+
+
+def _aggregate_rows(r: dict) -> list[tuple[str, str]]:
+    m = r["prior_match"]
+    text = (
+        m.get("skipped")
+        or f"MMD {_p(m['p_value'])}, Mardia skew {_p(m['skewness_p_value'])}, kurtosis {_p(m['kurtosis_p_value'])}, "
+        f"radii {_p(m['radius_p_value'])}, pairwise {_p(m['pairwise_p_value'])}"
+    )
+    return [("q(z) vs N(0,I): p-values", text)]
 
 
 def markdown_report(r: dict) -> str:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DeviceBatches, as_data_tensor, check_data
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
-from .evaluate import elbo_terms, log_px
+from .evaluate import NoDensityError, elbo_terms, log_px
 from .faults import DeferredGuard, InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
 from .objectives import get_objective
 from .step import COMPILE_MODES, make_step, module_of
@@ -459,6 +459,9 @@ class Trainer:
         row = {"val_elbo": terms.elbo, "val_rate": terms.rate, "val_distortion": terms.distortion}
         every = self.config.eval_every
         if every and (self.epoch % every == 0 or self.epoch == self.config.epochs):
-            est = log_px(self.model, self.guide, val_x, k=self.config.eval_k)
+            try:
+                est = log_px(self.model, self.guide, val_x, k=self.config.eval_k)
+            except NoDensityError:  # a deterministic encoder: no log p(x) to estimate
+                return row
             row.update(val_log_px=est.log_px, val_log_px_se=est.log_px_se, val_k=est.k)
         return row

@@ -92,6 +92,12 @@ OBJECTIVES = [
     "elbo:free_bits=0.5",
     "meanfield:free_bits=0.2,free_bits_per=dim",
     "jit_elbo",
+    "infovae:lam=10",
+    "infovae:lam=10,kernel=rbf,warmup=50",
+    "wae_mmd",
+    "swae:projections=5",
+    "cwae",
+    "sparse_ae",
 ]
 
 
@@ -121,6 +127,14 @@ def test_every_built_in_guide_and_the_hierarchical_model_compile(model_name, gui
         spec = {"model": model_name, "guide": guide_name, "model_kwargs": small, "guide_kwargs": {**small, **kw}}
     model, guide = build_pair(spec, X_DIM)
     assert_same_step(get_objective("iwae:k=3"), model, guide, _data())
+
+
+@pytest.mark.parametrize("spec", ["wae_mmd", "swae:projections=5", "cwae", "sparse_ae"])
+def test_a_deterministic_encoder_compiles(spec):
+    pyro.set_rng_seed(0)
+    small = {"z_dim": 3, "hidden": (16,)}
+    model, guide = build_pair({"model": "vae", "guide": "deterministic", "model_kwargs": small, "guide_kwargs": small}, X_DIM)
+    assert_same_step(get_objective(spec), model, guide, _data())
 
 
 @pytest.mark.parametrize("prior", ["vamp", "flow", "acn"])

@@ -2,7 +2,7 @@
 
 A spec is ``name`` or ``name:key=value,key=value``: ``"iwae:k=50"``,
 ``"vr:alpha=0.5,k=5"``, ``"elbo:beta=4"``, ``"iwae:k=5,warmup=1000"``,
-``"elbo:free_bits=0.25,free_bits_per=dim"``. Modifiers (``beta``, ``warmup`` in
+``"elbo:free_bits=0.25,free_bits_per=dim"``, ``"infovae:lam=1000,kernel=rbf"``, ``"swae:lam=10,projections=50"``. Modifiers (``beta``, ``warmup`` in
 steps, ``warmup_epochs``) combine with every objective; ``free_bits`` with the
 single-sample-bound family (``elbo``, ``meanfield``, ``stl``). Adding an objective is
 one factory and one line in :data:`OBJECTIVES`.
@@ -15,6 +15,7 @@ from typing import Any
 
 import pyro.infer
 
+from .aggregate import AGGREGATE_OBJECTIVES, NO_KL
 from .elbo import STL, FreeBitsELBO
 from .importance import IWAE, DReG, RenyiBound
 from .modifiers import LatentScaled
@@ -34,6 +35,7 @@ OBJECTIVES: dict[str, Callable[..., Any]] = {
     "stl": lambda k=1, max_plate_nesting=None: STL(k, max_plate_nesting),
     "jit_elbo": lambda k=1, max_plate_nesting=None: JitTraceELBO(k, max_plate_nesting),
     "jit_meanfield": lambda k=1, max_plate_nesting=None: AnalyticKLELBO(k, max_plate_nesting, jit=True),
+    **AGGREGATE_OBJECTIVES,
 }
 
 MODIFIERS = ("beta", "warmup", "warmup_epochs")
@@ -47,6 +49,10 @@ _PARAM_TYPES: dict[str, type] = {
     "warmup_epochs": int,
     "free_bits": float,
     "free_bits_per": str,
+    "lam": float,
+    "kernel": str,
+    "projections": int,
+    "site": str,
 }
 
 
@@ -75,6 +81,10 @@ def get_objective(spec: str, **overrides):
     if "k" in params and params["k"] < 1:
         raise ValueError(f"k (number of particles) must be a positive integer, got {params['k']} in '{spec}'")
     modifiers = {k: params.pop(k) for k in MODIFIERS if k in params}
+    if modifiers and name in NO_KL:
+        raise ValueError(
+            f"{', '.join(modifiers)} scale the KL term, and '{name}' has none (its regulariser is lam=...); use infovae for a KL"
+        )
     free_bits = {k: params.pop(k) for k in FREE_BITS if k in params}
     try:
         if free_bits:
