@@ -199,8 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(c, default_out="runs/compare-<dataset>-<time>")
     c.add_argument(
+        "--preset",
+        default=None,
+        choices=["aggregate"],
+        help="a ready comparison instead of --objectives/--guides: aggregate = VAE, beta-VAE, InfoVAE, WAE-MMD, SWAE, CWAE "
+        "and a sparse AE, with reconstruction error, log p(x) where defined, tests of q(z) against N(0, I) and figures",
+    )
+    c.add_argument(
         "--objectives",
-        required=True,
+        default=None,
         help="comma-separated objective specs; a spec's own parameters also use commas: elbo,iwae:k=5,vr:alpha=0.5,k=5,dreg:k=5",
     )
     c.add_argument(
@@ -348,12 +355,14 @@ def _spec_and_config(args, objective: str):
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, markdown_table
+    from .compare import AGGREGATE_COLUMNS, COLUMNS, compare, markdown_table
     from .objectives import get_objective
 
-    objectives = split_specs(args.objectives)
-    if not objectives:
-        raise ValueError("--objectives names no objective")
+    if args.preset and (args.objectives or args.guides):
+        raise ValueError(f"--preset {args.preset} chooses the objectives and guides itself: drop --objectives/--guides")
+    objectives = split_specs(args.objectives or "")
+    if not objectives and not args.preset:
+        raise ValueError("--objectives names no objective (or use --preset aggregate)")
     for spec in objectives:
         get_objective(spec)  # a typo is an error before hours of training, not a failed row
     guides = [g.strip() for g in args.guides.split(",") if g.strip()] if args.guides else None
@@ -367,9 +376,9 @@ def cmd_compare(args) -> int:
     guides = guides and [resolve_ref(g) if is_file_ref(g) else g for g in guides]
     models = models and [resolve_ref(m) if is_file_ref(m) else m for m in models]
     _run_folder(args, "compare", Path(args.data).stem if args.data else args.dataset, compare=True)
-    spec, config = _spec_and_config(args, objectives[0])
-    rows = compare(spec, config, objectives, guides, models, test_k=args.test_k, resume=args.resume)
-    print(markdown_table(rows))
+    spec, config = _spec_and_config(args, objectives[0] if objectives else "elbo")
+    rows = compare(spec, config, objectives, guides, models, test_k=args.test_k, resume=args.resume, preset=args.preset)
+    print(markdown_table(rows, AGGREGATE_COLUMNS if args.preset == "aggregate" else COLUMNS))
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, validation_curves.png, rate_distortion.png")
     return 0 if any(r["status"] == "ok" for r in rows) else 1
 

@@ -36,6 +36,37 @@ COLUMNS = [
 ]
 
 
+AGGREGATE_COLUMNS = [
+    ("variant", "variant"),
+    ("status", "status"),
+    ("test_distortion", "reconstruction error"),
+    ("log_px", "test log p(x)"),
+    ("log_px_se", "± SE"),
+    ("active_units", "active units"),
+    ("mmd2", "MMD² to N(0,I)"),
+    ("p_value", "MMD p"),
+    ("skewness_p_value", "Mardia skew p"),
+    ("kurtosis_p_value", "Mardia kurt p"),
+    ("radius_p_value", "radius p"),
+    ("pairwise_p_value", "pairwise p"),
+    ("seconds_per_epoch", "s/epoch"),
+]
+
+# ``compare --preset aggregate``: the per-point KL against penalties on the aggregate posterior,
+# with the same networks, budget and seed (name, objective, guide)
+PRESETS = {
+    "aggregate": [
+        ("VAE", "elbo", "mean_field"),
+        ("beta-VAE (beta=4)", "elbo:beta=4", "mean_field"),
+        ("InfoVAE (MMD, lambda=1000)", "infovae", "mean_field"),
+        ("WAE-MMD (lambda=10)", "wae_mmd", "deterministic"),
+        ("SWAE (lambda=10)", "swae", "deterministic"),
+        ("CWAE", "cwae", "deterministic"),
+        ("sparse AE (L1 0.1)", "sparse_ae", "deterministic"),
+    ]
+}
+
+
 def variant_name(objective: str, guide: str, model: str, vary: set[str]) -> str:
     parts = [objective] + ([guide] if "guide" in vary else []) + ([model] if "model" in vary else [])
     return " | ".join(parts)
@@ -53,6 +84,7 @@ def compare(
     models: list[str] | None = None,
     test_k: int = 1000,
     resume: bool = False,
+    preset: str | None = None,
 ) -> list[dict]:
     """Train and score every combination; returns one row per variant (see :data:`COLUMNS`).
 
@@ -60,16 +92,22 @@ def compare(
     instead of trained, and one with only a checkpoint continues from it. Ctrl-C writes the
     table of what has finished (the rest marked) before it stops.
     """
-    if not objectives:
-        raise ValueError("compare needs at least one objective")
-    guides = guides or [spec.get("guide", "mean_field")]
-    models = models or [spec.get("model", "vae")]
-    vary = {name for name, values in (("guide", guides), ("model", models)) if len(values) > 1}
     out = Path(config.out or "runs/compare")
-    variants = list(itertools.product(objectives, guides, models))
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
+        model = spec.get("model", "vae")
+        variants = [(name, objective, guide, model) for name, objective, guide in PRESETS[preset]]
+    else:
+        if not objectives:
+            raise ValueError("compare needs at least one objective")
+        guides = guides or [spec.get("guide", "mean_field")]
+        models = models or [spec.get("model", "vae")]
+        vary = {name for name, values in (("guide", guides), ("model", models)) if len(values) > 1}
+        variants = [(variant_name(o, g, m, vary), o, g, m) for o, g, m in itertools.product(objectives, guides, models)]
+    aggregate = preset == "aggregate"
     rows: list[dict] = []
-    for i, (objective, guide, model) in enumerate(variants, start=1):
-        name = variant_name(objective, guide, model, vary)
+    for i, (name, objective, guide, model) in enumerate(variants, start=1):
         label = f"variant {i} of {len(variants)}: {name}"
         variant_spec = {**copy.deepcopy(spec), "guide": guide, "model": model, "progress_label": label}
         cfg = replace(config, objective=objective, out=str(out / _slug(name)), meta={})
@@ -79,22 +117,24 @@ def compare(
         try:
             result = _finished(cfg) if resume else None
             if result is None:
-                result = train_and_report(variant_spec, cfg, test_k=test_k, resume=resume and _has_checkpoint(cfg))
+                result = train_and_report(
+                    variant_spec, cfg, test_k=test_k, resume=resume and _has_checkpoint(cfg), aggregate_tests=aggregate
+                )
             row.update({k: result[k] for k, _ in COLUMNS if k in result}, status="ok", history=result["history"])
+            row.update(result.get("prior_match", {}), pictures=result.get("pictures", {}))
+            if result.get("log_px_note"):
+                row["log_px_note"] = "none: no density (point-mass guide)"
         except TrainingError as err:
             row.update(status="diverged", error=str(err))
         except KeyboardInterrupt:
             rows.append({**row, "status": "interrupted", "error": "Ctrl-C; continue with --resume"})
-            rows += [
-                {"variant": variant_name(*v, vary), "status": "not run", "error": "Ctrl-C before it started"}
-                for v in variants[i:]
-            ]
-            write_reports(rows, out)
+            rows += [{"variant": v[0], "status": "not run", "error": "Ctrl-C before it started"} for v in variants[i:]]
+            write_reports(rows, out, aggregate)
             raise
         except Exception as err:  # one broken variant must not stop the comparison
             row.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=3))
         rows.append(row)
-    write_reports(rows, out)
+    write_reports(rows, out, aggregate)
     return rows
 
 
@@ -115,26 +155,63 @@ def _cell(row: dict, key: str) -> str:
     value = row.get(key)
     if key == "status" and value != "ok":
         return f"{value}: {row.get('error', '')}"[:80]
+    if key == "log_px" and value is None and row.get("log_px_note"):
+        return row["log_px_note"]
     if value is None:
         return ""
+    if key.endswith("p_value") or key == "mmd2":
+        return f"{value:.3g}"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |" for r in rows]
+def markdown_table(rows: list[dict], columns=None) -> str:
+    columns = columns or COLUMNS
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r, k) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def write_reports(rows: list[dict], out: Path) -> dict[str, Path]:
+def write_reports(rows: list[dict], out: Path, aggregate: bool = False) -> dict[str, Path]:
+    columns = AGGREGATE_COLUMNS if aggregate else COLUMNS
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": write_json({"rows": rows}, out / "compare.json"), "md": out / "compare.md", "csv": out / "compare.csv"}
-    paths["md"].write_text(markdown_table(rows) + "\n")
+    paths["md"].write_text(markdown_table(rows, columns) + "\n")
     with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k, _ in COLUMNS] + ["error"], extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=[k for k, _ in columns] + ["error"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     paths.update(plot_curves(rows, out))
+    if aggregate:
+        paths.update(side_by_side(rows, out))
+    return paths
+
+
+def side_by_side(rows: list[dict], out: Path) -> dict[str, Path]:
+    """One figure with every variant's sample grid, one with every 2-D aggregate posterior."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    paths = {}
+    for key, filename, title in (
+        ("samples", "samples_side_by_side.png", "samples"),
+        ("aggregate_posterior", "aggregate_posteriors.png", "aggregate posterior q(z), 2-D"),
+    ):
+        shown = [r for r in rows if r.get("status") == "ok" and Path(r.get("pictures", {}).get(key, "")).is_file()]
+        if not shown:
+            continue
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6), squeeze=False)
+        for ax, r in zip(axes[0], shown):
+            ax.imshow(mpimg.imread(r["pictures"][key]))
+            ax.set_title(r["variant"], fontsize=8)
+            ax.axis("off")
+        fig.suptitle(title)
+        fig.tight_layout()
+        paths[key] = out / filename
+        fig.savefig(paths[key], dpi=120)
+        plt.close(fig)
     return paths
 
 
@@ -163,6 +240,8 @@ def plot_curves(rows: list[dict], out: Path) -> dict[str, Path]:
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for i, r in enumerate(ok):
+        if r.get("test_rate") is None:  # a point-mass guide has no rate
+            continue
         ax.scatter(r["test_rate"], r["test_distortion"], color=f"C{i % 10}")
         ax.annotate(r["variant"], (r["test_rate"], r["test_distortion"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="rate: KL(q(z|x) || p(z)) (nats)", ylabel="distortion: -E log p(x|z) (nats)", title="rate–distortion (test)")

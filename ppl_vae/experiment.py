@@ -21,7 +21,7 @@ from .data import Dataset, load_dataset
 from .device import seed_everything
 from .evaluate import active_units, elbo_terms, log_px
 from .faults import check_pair_on_data
-from .plots import save_pictures
+from .plots import save_aggregate_view, save_pictures
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer
 
 
@@ -77,9 +77,11 @@ def _fmt_log_px(r: dict) -> str:
     return f"{r['log_px']:.2f} ± {r['log_px_se']:.2f} (K={r['k']}, Monte Carlo SE {r['log_px_mc_se']:.3f})"
 
 
-def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 1000, resume: bool = False) -> dict:
+def train_and_report(
+    spec: dict[str, Any], config: TrainConfig, test_k: int = 1000, resume: bool = False, aggregate_tests: bool = False
+) -> dict:
     """Train per ``spec`` and ``config``, score the test set, write ``result.json`` and PNGs
-    into ``config.out``, and return the result."""
+    into ``config.out``, and return the result (``aggregate_tests``: see :func:`score`)."""
     data = dataset_of(spec)
     config.meta = {**spec, "image_shape": list(data.image_shape)}
     seed_everything(config.seed)  # the networks' initial weights follow the seed too
@@ -91,7 +93,7 @@ def train_and_report(spec: dict[str, Any], config: TrainConfig, test_k: int = 10
     trainer.refresh(train_x.to(trainer.device))
     check_pair_on_data(model, guide, data.eval_x("test", trainer.device), "test data")
     history = trainer.fit(train_x, val_x, dynamic=dynamic, resume=resume)
-    result = score(trainer, data, test_k, out=Path(config.out) if config.out else None)
+    result = score(trainer, data, test_k, out=Path(config.out) if config.out else None, aggregate_tests=aggregate_tests)
     result["history"] = history
     result["step"] = trainer.step_fn.reason
     result["seconds_per_epoch"] = sum(r["seconds"] for r in history) / len(history)
@@ -140,11 +142,16 @@ def score(trainer: Trainer, data: Dataset, k: int, out: Path | None, aggregate_t
     }
     if note:
         result["log_px_note"] = note
+    codes = None
     if aggregate_tests:
-        result["prior_match"] = prior_match_tests(aggregate_samples(model, guide, test_x[:500]))
+        codes = aggregate_samples(model, guide, test_x[:500])
+        result["prior_match"] = prior_match_tests(codes)
     result["eval_seconds"] = time.perf_counter() - start
     if out is not None:
         result["pictures"] = save_pictures(model, guide, test_x, data.image_shape, out)
+        if codes is not None:
+            labels = None if data.test.labels is None else data.test.labels[: codes.shape[0]]
+            result["pictures"]["aggregate_posterior"] = str(save_aggregate_view(codes, labels, out / "aggregate_posterior.png"))
     return result
 
 

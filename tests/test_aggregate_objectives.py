@@ -173,3 +173,25 @@ def test_the_penalty_sits_on_the_top_layer_of_a_hierarchy_unless_named():
     assert np.isfinite(float(get_objective("wae_mmd:site=z1").differentiable_loss(model, guide, X).detach()))
     with pytest.raises(ValueError, match="no latent site 'z9'"):
         get_objective("wae_mmd:site=z9").differentiable_loss(model, guide, X)
+
+
+def test_compare_preset_aggregate_reports_every_method_with_its_figures(tmp_path, capsys):
+    import json
+
+    from ppl_vae.cli import main
+
+    out = tmp_path / "agg"
+    argv = ["compare", "--preset", "aggregate", "--dataset", "digits", "--epochs", "1", "--z-dim", "3", "--hidden", "16"]
+    assert main([*argv, "--test-k", "5", "--eval-every", "0", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok"] * 7
+    names = [r["variant"] for r in rows]
+    assert names[0] == "VAE" and any(n.startswith("CWAE") for n in names) and any(n.startswith("sparse AE") for n in names)
+    for r in rows:
+        assert {"test_distortion", "mmd2", "p_value", "skewness_p_value", "radius_p_value", "pairwise_p_value"} <= set(r)
+        assert (r["log_px"] is None) == (r["guide"] == "deterministic")
+    table = (out / "compare.md").read_text().strip().splitlines()
+    assert len({line.count("|") for line in table}) == 1 and "no density" in table[5]
+    assert (out / "samples_side_by_side.png").stat().st_size > 1000 and (out / "aggregate_posteriors.png").stat().st_size > 1000
+    assert main(["compare", "--preset", "aggregate", "--objectives", "elbo", "--out", str(tmp_path / "x")]) == 2
+    assert "drop --objectives" in capsys.readouterr().err
