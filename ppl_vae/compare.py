@@ -232,7 +232,8 @@ def plot_curves(rows: list[dict], out: Path) -> dict[str, Path]:
         if lp:
             ax.plot(*zip(*lp), "o--", color=color, label=f"{r['variant']} log p(x)")
     ax.set(xlabel="epoch", ylabel="nats per point", title="validation")
-    ax.legend(fontsize=7)
+    if ok:  # every variant may have failed
+        ax.legend(fontsize=7)
     fig.tight_layout()
     curves = out / "validation_curves.png"
     fig.savefig(curves, dpi=110)

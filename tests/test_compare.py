@@ -25,10 +25,10 @@ def test_split_specs_keeps_each_objectives_parameters_together():
 def test_compare_reports_every_variant_and_survives_failures(tmp_path, monkeypatch):
     real = compare_module.train_and_report
 
-    def flaky(spec, config, test_k=1000, resume=False):
+    def flaky(spec, config, **kw):
         if config.objective == "vr:alpha=0.5,k=2":
             raise TrainingError("the training loss became nan in epoch 1 (step 3)")
-        return real(spec, config, test_k=test_k, resume=resume)
+        return real(spec, config, **kw)
 
     monkeypatch.setattr(compare_module, "train_and_report", flaky)
     config = TrainConfig(epochs=2, batch_size=100, eval_every=1, eval_k=5, progress=False, device="cpu", out=str(tmp_path))
