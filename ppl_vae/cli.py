@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .run_spec import check_pair_names, model_options, run_folder, spec_and_config
 
 
 def _int_list(text: str) -> list[int]:
@@ -247,113 +248,6 @@ def split_specs(text: str) -> list[str]:
     return specs
 
 
-def check_pair_names(model: str | None, guide: str | None, model_required: bool = True) -> None:
-    """Built-in names or ``file.py:name`` references to files that exist."""
-    from .guides import GUIDES
-    from .models import MODELS
-    from .user_code import is_file_ref, resolve_ref
-
-    for what, name, known in (("model", model, MODELS), ("guide", guide, GUIDES)):
-        if name is None:
-            continue
-        if is_file_ref(name):
-            resolve_ref(name)
-        elif name not in known:
-            raise ValueError(f"unknown {what} '{name}'; known: {', '.join(sorted(known))}, or your own as path/to/file.py:name")
-
-
-def model_options(args) -> dict:
-    """Guide name and the keyword options of model and guide that the flags describe."""
-    from .user_code import is_file_ref, resolve_ref
-
-    if is_file_ref(args.model) or is_file_ref(args.guide):
-        if args.guide is None:
-            raise ValueError("your own model needs a guide too: --guide NAME or --guide path/to/file.py:name")
-        own = {"model": resolve_ref(args.model) if is_file_ref(args.model) else args.model}
-        own["guide"] = resolve_ref(args.guide) if is_file_ref(args.guide) else args.guide
-        guide_kwargs = {} if is_file_ref(args.guide) else {"z_dim": args.z_dim, "hidden": args.hidden}
-        return {**own, "model_kwargs": {}, "guide_kwargs": guide_kwargs}
-    if args.model == "hierarchical":
-        layers = {} if args.z_dims is None else {"z_dims": args.z_dims, "hidden": [args.hidden] * len(args.z_dims)}
-        return {
-            "guide": args.guide or "hierarchical",
-            "model_kwargs": {"likelihood": args.likelihood, **layers},
-            "guide_kwargs": dict(layers),
-        }
-    guide_kwargs = {"z_dim": args.z_dim, "hidden": args.hidden}
-    if args.network != "mlp":
-        guide_kwargs["network"] = args.network
-    model_kwargs = (
-        {**guide_kwargs, "likelihood": args.likelihood, "prior": args.prior} if args.model == "vae" else {"z_dim": args.z_dim}
-    )
-    return {"guide": args.guide or "mean_field", "model_kwargs": model_kwargs, "guide_kwargs": guide_kwargs}
-
-
-def check_run_arguments(args) -> None:
-    """Refuse the values that would otherwise train something other than what was asked."""
-    for name in ("test_k", "z_dim", "epochs", "batch_size", "eval_k"):
-        value = getattr(args, name)
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if any(h < 1 for h in args.hidden):
-        raise ValueError(f"--hidden widths must be positive, got {','.join(map(str, args.hidden))}")
-    if args.z_dims is not None and (not args.z_dims or any(d < 1 for d in args.z_dims)):
-        raise ValueError(f"--z-dims must be positive sizes, got {args.z_dims}")
-    if args.data and args.data_dir:
-        raise ValueError("give --data (your own file or folder) or --dataset with --data-dir, not both")
-    if args.data_dir and Path(args.data_dir).is_file():
-        raise ValueError(f"--data-dir {args.data_dir} is a file; name the folder holding it, or pass the file as --data")
-    if args.data and not Path(args.data).exists():
-        raise ValueError(f"--data {args.data} does not exist")
-
-
-def _run_folder(args, *parts: str, compare: bool = False) -> str:
-    """``--out``, checked (a new or empty folder unless --resume / --overwrite), or a new folder."""
-    from .run_folder import COMPARE_FILES, RUN_FILES, claim_run_folder, new_run_folder
-
-    resume = getattr(args, "resume", False)
-    if args.out is None:
-        if resume:
-            raise ValueError("--resume needs --out, the folder of the run to continue")
-        args.out = str(new_run_folder(*parts))
-    for line in claim_run_folder(args.out, resume, args.overwrite, COMPARE_FILES if compare else RUN_FILES):
-        print(line, file=sys.stderr)
-    return args.out
-
-
-def _spec_and_config(args, objective: str):
-    from .train import TrainConfig
-
-    check_run_arguments(args)
-    check_pair_names(args.model, args.guide)
-    spec = {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize, "model": args.model}
-    if args.data:
-        from .user_data import data_fingerprint
-
-        spec.update(dataset=str(Path(args.data).resolve()), data_dir=None, data_sha256=data_fingerprint(args.data))
-    if args.scale != "auto":
-        spec["scale"] = args.scale
-    spec.update(model_options(args))
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        objective=objective,
-        eval_every=args.eval_every,
-        eval_k=args.eval_k,
-        out=args.out,
-        progress=not args.no_progress,
-        lr_decay=args.lr_decay,
-        checkpoint_every=args.checkpoint_every,
-        nan_policy=args.nan_policy,
-        compile=args.compile,
-        nan_check=args.nan_check,
-    )
-    return spec, config
-
-
 def cmd_compare(args) -> int:
     from .compare import AGGREGATE_COLUMNS, COLUMNS, compare, markdown_table
     from .objectives import get_objective
@@ -375,8 +269,8 @@ def cmd_compare(args) -> int:
         check_pair_names(name, None)
     guides = guides and [resolve_ref(g) if is_file_ref(g) else g for g in guides]
     models = models and [resolve_ref(m) if is_file_ref(m) else m for m in models]
-    _run_folder(args, "compare", Path(args.data).stem if args.data else args.dataset, compare=True)
-    spec, config = _spec_and_config(args, objectives[0] if objectives else "elbo")
+    run_folder(args, "compare", Path(args.data).stem if args.data else args.dataset, compare=True)
+    spec, config = spec_and_config(args, objectives[0] if objectives else "elbo")
     rows = compare(spec, config, objectives, guides, models, test_k=args.test_k, resume=args.resume, preset=args.preset)
     print(markdown_table(rows, AGGREGATE_COLUMNS if args.preset == "aggregate" else COLUMNS))
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, validation_curves.png, rate_distortion.png")
@@ -389,8 +283,8 @@ def cmd_train(args) -> int:
 
     get_objective(args.objective)  # a bad spec is refused before any folder is made
     data_name = Path(args.data).stem if args.data else args.dataset
-    _run_folder(args, data_name, args.model, args.guide or model_options(args)["guide"], args.objective.replace(":", "_"))
-    spec, config = _spec_and_config(args, args.objective)
+    run_folder(args, data_name, args.model, args.guide or model_options(args)["guide"], args.objective.replace(":", "_"))
+    spec, config = spec_and_config(args, args.objective)
     result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume)
     print(report_table(result))
     print(
