@@ -285,7 +285,7 @@ def cmd_train(args) -> int:
     data_name = Path(args.data).stem if args.data else args.dataset
     run_folder(args, data_name, args.model, args.guide or model_options(args)["guide"], args.objective.replace(":", "_"))
     spec, config = spec_and_config(args, args.objective)
-    result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume)
+    result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume, command=args.command_line)
     print(report_table(result))
     print(
         f"wrote {Path(args.out) / 'result.json'}, checkpoint {result['checkpoint']}, pictures {', '.join(result['pictures'].values())}"
@@ -317,7 +317,7 @@ def _load_for_output(args, out: Path, need_data: bool = True):
 
 
 def cmd_evaluate(args) -> int:
-    from .experiment import format_table, write_json
+    from .experiment import format_table, provenance, write_json
     from .report import full_report, markdown_report, report_rows
     from .run_folder import evaluation_folder
 
@@ -350,6 +350,7 @@ def cmd_evaluate(args) -> int:
         objective=trainer.config.objective,
         epochs=trainer.epoch,
         checkpoint=str(ckpt),
+        **provenance(trainer.device, args.command_line),
     )
     path = write_json(report, out / "evaluation.json")
     header = f"# {data.name}: {meta.get('model')} / {meta.get('guide')}, objective {trainer.config.objective}, {trainer.epoch} epochs\n\n"
@@ -403,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = ["ppl-vae", *(sys.argv[1:] if argv is None else argv)]
     try:
         return COMMANDS[args.command](args)
     except Interrupted as stop:

@@ -78,7 +78,12 @@ def _fmt_log_px(r: dict) -> str:
 
 
 def train_and_report(
-    spec: dict[str, Any], config: TrainConfig, test_k: int = 1000, resume: bool = False, aggregate_tests: bool = False
+    spec: dict[str, Any],
+    config: TrainConfig,
+    test_k: int = 1000,
+    resume: bool = False,
+    aggregate_tests: bool = False,
+    command: list[str] | None = None,
 ) -> dict:
     """Train per ``spec`` and ``config``, score the test set, write ``result.json`` and PNGs
     into ``config.out``, and return the result (``aggregate_tests``: see :func:`score`)."""
@@ -99,6 +104,7 @@ def train_and_report(
     result["seconds_per_epoch"] = sum(r["seconds"] for r in history) / len(history)
     result["train_loss"] = history[-1]["train_loss"]
     result["val_elbo"] = history[-1]["val_elbo"]
+    result.update(provenance(trainer.device, command))
     if config.out:
         result["checkpoint"] = str(Path(config.out) / CHECKPOINT_NAME)
         write_json(result, Path(config.out) / "result.json")
@@ -153,6 +159,43 @@ def score(trainer: Trainer, data: Dataset, k: int, out: Path | None, aggregate_t
             labels = None if data.test.labels is None else data.test.labels[: codes.shape[0]]
             result["pictures"]["aggregate_posterior"] = str(save_aggregate_view(codes, labels, out / "aggregate_posterior.png"))
     return result
+
+
+def provenance(device: torch.device | str, command: list[str] | None = None) -> dict:
+    """What produced a result: package versions, the device, the command line (``command``, or
+    this process's arguments) and the git commit."""
+    import platform
+    import subprocess
+    import sys
+
+    import pyro
+
+    from . import __version__
+
+    try:
+        import arviz
+
+        arviz_version = arviz.__version__
+    except ImportError:
+        arviz_version = None
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "versions": {"ppl_vae": __version__, "torch": torch.__version__, "pyro": pyro.__version__, "arviz": arviz_version,
+                     "python": platform.python_version()},
+        "device_name": name,
+        "command": list(command) if command is not None else sys.argv,
+        "git_commit": commit,
+    }  # fmt: skip
 
 
 def strict_json(value):

@@ -3,6 +3,7 @@
 A training run's folder holds::
 
     checkpoint.pt          the last state (every epoch, --checkpoint-every, Ctrl-C)
+    metrics.csv            one row per finished epoch, rewritten from the checkpoint's history
     result.json            test scores and the history
     reconstructions.png    samples.png
     eval-k<K>/             one folder per ``ppl-vae evaluate --k K``: evaluation.json, .md,
@@ -24,7 +25,11 @@ import shutil
 import time
 from pathlib import Path
 
-RUN_FILES = ("checkpoint.pt", "result.json", "reconstructions.png", "samples.png")
+RUN_FILES = ("checkpoint.pt", "metrics.csv", "result.json", "reconstructions.png", "samples.png")
+METRICS = (
+    "epoch", "step", "train_loss", "val_elbo", "val_rate", "val_distortion", "val_log_px", "val_log_px_se", "val_k",
+    "seconds", "lr", "skipped_batches",
+)  # fmt: skip
 COMPARE_FILES = ("compare.md", "compare.csv", "compare.json", "validation_curves.png", "rate_distortion.png")
 EVAL_PREFIX = "eval-k"
 
@@ -85,6 +90,20 @@ def claim_run_folder(out: str | Path, resume: bool = False, overwrite: bool = Fa
     if removed:
         notes.append(f"removed from {path} (a new checkpoint replaces the run they described): {', '.join(removed)}")
     return notes
+
+
+def write_metrics(history: list[dict], folder: str | Path) -> Path:
+    """``metrics.csv`` from the history (atomically): a resumed run's file holds each epoch once."""
+    import csv
+
+    path = Path(folder) / "metrics.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+    return path
 
 
 def evaluation_folder(checkpoint: str | Path, k: int, out: str | Path | None = None) -> Path:

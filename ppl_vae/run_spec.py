@@ -105,6 +105,7 @@ def spec_and_config(args, objective: str):
         eval_k=args.eval_k,
         out=args.out,
         progress=not args.no_progress,
+        epoch_lines=args.no_progress,
         lr_decay=args.lr_decay,
         checkpoint_every=args.checkpoint_every,
         nan_policy=args.nan_policy,

@@ -31,6 +31,7 @@ from .device import resolve_device, rng_state, seed_everything, set_rng_state
 from .evaluate import NoDensityError, elbo_terms, log_px
 from .faults import DeferredGuard, InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
 from .objectives import get_objective
+from .run_folder import write_metrics
 from .step import COMPILE_MODES, make_step, module_of
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -81,6 +82,7 @@ class TrainConfig:
     nan_policy: str = "stop"
     compile: str = "auto"
     nan_check: str = "auto"
+    epoch_lines: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -106,7 +108,8 @@ class TrainConfig:
         """What a checkpoint must match to be resumed under this config."""
         d = asdict(self)
         for key in (
-            "epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy", "compile", "nan_check"
+            "epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy", "compile", "nan_check",
+            "epoch_lines",
         ):  # fmt: skip
             d.pop(key)
         return d
@@ -335,6 +338,7 @@ class Trainer:
             self.epoch_total, self.epoch_skipped = torch.zeros((), device=self.device), 0
             if self.deferred is not None:
                 self.deferred.new_epoch()
+        lr = self.optimizer.param_groups[0]["lr"]
         set_progress = getattr(self.objective, "set_progress", None)  # schedules (KL warm-up)
         self.set_training(True)
         self.refresh(batches.x)
@@ -390,7 +394,13 @@ class Trainer:
             )
         self.epoch += 1
         self.scheduler.step()
-        row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "seconds": time.perf_counter() - start}
+        row: dict[str, Any] = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": train_loss,
+            "seconds": time.perf_counter() - start,
+            "lr": lr,
+        }
         if self.epoch_skipped:
             row["skipped_batches"] = self.epoch_skipped
         if val_x is not None:
@@ -399,6 +409,11 @@ class Trainer:
         bar.set_postfix({k: round(v, 2) for k, v in row.items() if k.startswith(("train_loss", "val_elbo", "val_log_px"))})
         self.batch_in_epoch, self.epoch_order = 0, batches.state()
         self.save()
+        if cfg.out:
+            write_metrics(self.history, cfg.out)
+        if cfg.epoch_lines:  # for a batch job's log, where no progress bar shows
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k in ("train_loss", "val_elbo", "val_log_px"))
+            print(f"epoch {self.epoch}/{cfg.epochs}: {shown}, {row['seconds']:.2f} s", flush=True)
         if guard.requested:
             raise Interrupted(self._checkpoint_path())
 

@@ -167,3 +167,24 @@ def test_ctrl_c_in_compare_writes_the_partial_table(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "c" / "compare.json").read_text())["rows"]
     assert [r["status"] for r in rows] == ["ok", "interrupted", "not run"]
     assert "interrupted" in (tmp_path / "c" / "compare.md").read_text()
+
+
+def test_metrics_csv_holds_each_epoch_once_across_a_resume_and_results_say_what_made_them(tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "run"
+    base = ["train", "--dataset", "digits", "--hidden", "8", "--z-dim", "2", "--test-k", "3", "--eval-every", "2"]
+    assert main([*base, "--epochs", "2", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/2: train_loss" in printed and "epoch 2/2:" in printed  # one line per epoch without a bar
+    assert main([*base, "--epochs", "4", "--out", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 0
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in rows] == [14, 28, 42, 56] and all(float(r["lr"]) == 1e-3 for r in rows)
+    assert [bool(r["val_log_px"]) for r in rows] == [False, True, False, True] and all(r["val_elbo"] for r in rows)
+    result = json.loads((out / "result.json").read_text())
+    assert set(result["versions"]) == {"ppl_vae", "torch", "pyro", "arviz", "python"}
+    assert result["command"][1:3] == ["train", "--dataset"] and result["device_name"]
+    assert main(["evaluate", str(out), "--k", "3", "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((out / "eval-k3" / "evaluation.json").read_text())["versions"]["pyro"]
