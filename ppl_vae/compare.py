@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .experiment import train_and_report, write_json
+from .report import md_cell
 from .train import TrainConfig, TrainingError
 
 COLUMNS = [
@@ -166,8 +167,8 @@ def _cell(row: dict, key: str) -> str:
 
 def markdown_table(rows: list[dict], columns=None) -> str:
     columns = columns or COLUMNS
-    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r, k) for k, _ in columns) + " |" for r in rows]
+    lines = ["| " + " | ".join(md_cell(title) for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(md_cell(_cell(r, k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 

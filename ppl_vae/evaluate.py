@@ -219,7 +219,10 @@ def log_px(
         batch_size = max(1, min(batch_size, max_weights // k))
     estimates, rel_vars, ladders, k_hats = [], [], [], []
     batches = list(_batches(x, batch_size))
-    for xb in tqdm(batches, desc=f"log p(x), K={k}", disable=not progress, leave=False):
+    chunks_per_batch = -(-k // chunk_k)
+    # the bar advances by chunk of particles, not by batch: a large K moves it from the start
+    bar = tqdm(total=len(batches) * chunks_per_batch, desc=f"log p(x), K={k}", unit="chunk", disable=not progress, leave=False)
+    for xb in batches:
         lse = torch.full((xb.shape[0],), -math.inf, device=xb.device)
         lse2 = lse.clone()
         done, kept = 0, []
@@ -231,6 +234,7 @@ def log_px(
             if keep:
                 kept.append(lw)
             done += kc
+            bar.update()
         if keep:
             all_w = torch.cat(kept)
             ladders.append(iwae_ladder(all_w, [j for j in ladder if j <= k]))
@@ -241,6 +245,7 @@ def log_px(
         rel_var = (torch.exp(lse2 - math.log(k) - 2 * est) - 1.0).clamp(min=0) / k
         estimates.append(est)
         rel_vars.append(rel_var)
+    bar.close()
     per_point = torch.cat(estimates)
     n = per_point.shape[0]
     se = float(per_point.std() / math.sqrt(n)) if n > 1 else float("nan")

@@ -174,6 +174,11 @@ def _aggregate_rows(r: dict) -> list[tuple[str, str]]:
     return [("q(z) vs N(0,I): p-values", text)]
 
 
+def md_cell(text) -> str:
+    """A table cell's text with Markdown's column separator escaped (``KL(q||p)`` would split the row)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_report(r: dict) -> str:
-    lines = ["| quantity | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in report_rows(r)]
+    lines = ["| quantity | value |", "|---|---|"] + [f"| {md_cell(k)} | {md_cell(v)} |" for k, v in report_rows(r)]
     return "\n".join(lines) + "\n"

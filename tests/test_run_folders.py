@@ -188,3 +188,22 @@ def test_metrics_csv_holds_each_epoch_once_across_a_resume_and_results_say_what_
     assert result["command"][1:3] == ["train", "--dataset"] and result["device_name"]
     assert main(["evaluate", str(out), "--k", "3", "--no-progress", "--device", "cpu"]) == 0
     assert json.loads((out / "eval-k3" / "evaluation.json").read_text())["versions"]["pyro"]
+
+
+def _cells(line: str) -> int:
+    import re
+
+    return len(re.findall(r"(?<!\\)\|", line))
+
+
+def test_markdown_tables_parse_back_with_as_many_cells_as_their_header(tmp_path, capsys):
+    out = tmp_path / "c"
+    argv = ["compare", *TINY, "--objectives", "elbo", "--guides", "mean_field,full_cov", "--out", str(out)]
+    assert main(argv) == 0
+    table = (out / "compare.md").read_text().strip().splitlines()
+    assert "elbo \\| mean_field" in table[2]  # the variant's own '|' is escaped
+    assert len({_cells(line) for line in table}) == 1
+    assert main(["evaluate", str(out / "elbo_mean_field"), "--k", "3", "--no-progress", "--device", "cpu"]) == 0
+    report = (out / "elbo_mean_field" / "eval-k3" / "evaluation.md").read_text().strip().splitlines()
+    assert any("KL(q(z)\\|\\|p(z))" in line for line in report)
+    assert len({_cells(line) for line in report if line.startswith("|")}) == 1
