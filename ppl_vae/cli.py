@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .run_spec import check_pair_names, model_options, run_folder, spec_and_config
+from .run_spec import model_options, run_folder, spec_and_config
 
 
 def _int_list(text: str) -> list[int]:
@@ -250,6 +250,7 @@ def split_specs(text: str) -> list[str]:
 
 def cmd_compare(args) -> int:
     from .compare import AGGREGATE_COLUMNS, COLUMNS, compare, markdown_table
+    from .experiment import check_pair_names
     from .objectives import get_objective
 
     if args.preset and (args.objectives or args.guides):
@@ -296,7 +297,7 @@ def cmd_train(args) -> int:
 def _load_for_output(args, out: Path, need_data: bool = True):
     """Check the output folder (before any work), rebuild the checkpoint's pair and data, seed."""
     from .device import seed_everything
-    from .experiment import load_trained
+    from .experiment import check_pair_names, load_trained
     from .faults import check_output_folder
 
     check_output_folder(out, needed_bytes=2**20)

@@ -75,6 +75,12 @@ def _is_binary(x: torch.Tensor) -> bool:
 SCALES = ("auto", "255", "none")
 
 
+def require_numbers(x: np.ndarray, what: str) -> None:
+    """Refuse an array that does not hold numbers (strings, objects), naming its dtype."""
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{what} has dtype {x.dtype}; expected numbers (uint8 pixels or floats in [0, 1])")
+
+
 def to_intensities(x: np.ndarray, what: str, scale: str = "auto") -> np.ndarray:
     """Pixels as float32 intensities in [0, 1], the range decided from the data, never assumed.
 
@@ -84,8 +90,7 @@ def to_intensities(x: np.ndarray, what: str, scale: str = "auto") -> np.ndarray:
     """
     if scale not in SCALES:
         raise DataError(f"scale must be one of {SCALES}, got '{scale}'")
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(f"{what} has dtype {x.dtype}; expected numbers (uint8 pixels or floats in [0, 1])")
+    require_numbers(x, what)
     if x.size == 0:
         raise DataError(f"{what} is empty (shape {x.shape})")
     if scale == "255" or (scale == "auto" and x.dtype == np.uint8):
@@ -196,17 +201,21 @@ def _npz_arrays(path: Path, keys) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read {path} as an .npz file: {err}") from None
 
 
+def _data_folder(data_dir, name: str) -> Path:
+    """``data_dir`` as an existing folder, or an error saying what to pass."""
+    if data_dir is None:
+        raise DataError(f"dataset '{name}' loads from local files: pass data_dir (--data-dir) naming the folder that holds them")
+    folder = Path(data_dir)
+    if folder.is_file():
+        raise DataError(f"--data-dir {folder} is a file; name the folder that holds it (or pass a file of your own with --data)")
+    if not folder.is_dir():
+        raise DataError(f"data directory {folder} does not exist")
+    return folder
+
+
 def _local_28x28(name: str):
     def load(data_dir, scale="auto"):
-        if data_dir is None:
-            raise DataError(
-                f"dataset '{name}' loads from local files: pass data_dir (--data-dir) naming the folder that holds them"
-            )
-        folder = Path(data_dir)
-        if folder.is_file():
-            raise DataError(f"--data-dir {folder} is a file; name the folder that holds it (or pass the file with --data)")
-        if not folder.is_dir():
-            raise DataError(f"data directory {folder} does not exist")
+        folder = _data_folder(data_dir, name)
         arrays = None
         for npz in _NPZ_NAMES[name]:
             if (folder / npz).exists():
@@ -239,11 +248,7 @@ def _local_28x28(name: str):
 
 
 def _load_binarized_mnist(data_dir, scale="auto"):
-    if data_dir is None:
-        raise DataError("dataset 'binarized-mnist' loads binarized_mnist.npz from a local folder: pass data_dir (--data-dir)")
-    if Path(data_dir).is_file():
-        raise DataError(f"--data-dir {data_dir} is a file; name the folder that holds binarized_mnist.npz")
-    path = Path(data_dir) / "binarized_mnist.npz"
+    path = _data_folder(data_dir, "binarized-mnist") / "binarized_mnist.npz"
     if not path.exists():
         raise DataError(f"dataset 'binarized-mnist': {path} not found")
     a = _npz_arrays(path, ["x_train", "x_valid", "x_test"])
@@ -275,8 +280,7 @@ def as_data_tensor(x, what: str = "data") -> torch.Tensor:
         tensor = x
     elif isinstance(x, (np.ndarray, list, tuple)):
         array = np.asarray(x)
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            raise DataError(f"{what} has dtype {array.dtype}; expected numbers")
+        require_numbers(array, what)
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     else:
         raise DataError(f"{what} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")

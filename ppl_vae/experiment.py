@@ -25,6 +25,22 @@ from .plots import save_aggregate_view, save_pictures
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer
 
 
+def check_pair_names(model: str | None, guide: str | None) -> None:
+    """Built-in names or ``file.py:name`` references to files that exist (None: not given)."""
+    from ppl_vae.guides import GUIDES
+    from ppl_vae.models import MODELS
+
+    from .user_code import is_file_ref, resolve_ref
+
+    for what, name, known in (("model", model, MODELS), ("guide", guide, GUIDES)):
+        if name is None:
+            continue
+        if is_file_ref(name):
+            resolve_ref(name)
+        elif name not in known:
+            raise ValueError(f"unknown {what} '{name}'; known: {', '.join(sorted(known))}, or your own as path/to/file.py:name")
+
+
 def build_pair(spec: dict[str, Any], x_dim: int, image_shape=None):
     """Model and guide named by ``spec["model"]`` / ``spec["guide"]`` with their keyword options:
     built-in names, or a user's own ``file.py:name`` (:mod:`ppl_vae.user_code`)."""
@@ -34,10 +50,7 @@ def build_pair(spec: dict[str, Any], x_dim: int, image_shape=None):
     from .user_code import is_file_ref, load_user_callable
 
     model_name, guide_name = spec.get("model", "vae"), spec.get("guide", "mean_field")
-    if model_name not in MODELS and not is_file_ref(model_name):
-        raise ValueError(f"unknown model '{model_name}'; known: {', '.join(MODELS)}, or your own as path/to/file.py:name")
-    if guide_name not in GUIDES and not is_file_ref(guide_name):
-        raise ValueError(f"unknown guide '{guide_name}'; known: {', '.join(GUIDES)}, or your own as path/to/file.py:name")
+    check_pair_names(model_name, guide_name)
     shared: dict = {}  # a model and a guide from one class of the user's share its instance
     try:
         if is_file_ref(model_name):

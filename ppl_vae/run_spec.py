@@ -7,21 +7,6 @@ import sys
 from pathlib import Path
 
 
-def check_pair_names(model: str | None, guide: str | None) -> None:
-    """Built-in names or ``file.py:name`` references to files that exist."""
-    from .guides import GUIDES
-    from .models import MODELS
-    from .user_code import is_file_ref, resolve_ref
-
-    for what, name, known in (("model", model, MODELS), ("guide", guide, GUIDES)):
-        if name is None:
-            continue
-        if is_file_ref(name):
-            resolve_ref(name)
-        elif name not in known:
-            raise ValueError(f"unknown {what} '{name}'; known: {', '.join(sorted(known))}, or your own as path/to/file.py:name")
-
-
 def model_options(args) -> dict:
     """Guide name and the keyword options of model and guide that the flags describe."""
     from .user_code import is_file_ref, resolve_ref
@@ -61,8 +46,6 @@ def check_run_arguments(args) -> None:
         raise ValueError(f"--z-dims must be positive sizes, got {args.z_dims}")
     if args.data and args.data_dir:
         raise ValueError("give --data (your own file or folder) or --dataset with --data-dir, not both")
-    if args.data_dir and Path(args.data_dir).is_file():
-        raise ValueError(f"--data-dir {args.data_dir} is a file; name the folder holding it, or pass the file as --data")
     if args.data and not Path(args.data).exists():
         raise ValueError(f"--data {args.data} does not exist")
 
@@ -82,6 +65,7 @@ def run_folder(args, *parts: str, compare: bool = False) -> str:
 
 
 def spec_and_config(args, objective: str):
+    from .experiment import check_pair_names
     from .train import TrainConfig
 
     check_run_arguments(args)

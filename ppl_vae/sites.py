@@ -87,6 +87,15 @@ class SiteTerms:
         """Importance log-weights ``log p(x, z) - log q(z | x)``, shape ``(K, B)``."""
         return self.log_likelihood() + self.log_prior() - self.log_guide()
 
+    def point_masses(self) -> list[str]:
+        """Guide sites whose distribution is a point mass (``Delta``): they have no density."""
+        out = []
+        for name in self.guide_terms:
+            fn = self.guide_trace.nodes[name]["fn"]
+            if type(getattr(fn, "base_dist", fn)).__name__ == "Delta":
+                out.append(name)
+        return out
+
     def replay_at_detached_samples(self, guide: bool = False) -> poutine.Trace:
         """The model (or the guide) run again at the guide's samples with their gradient paths cut:
         every distribution is rebuilt from fixed z, so its log-density at sg z has gradient only

@@ -300,18 +300,19 @@ class Trainer:
             self._resume()
         self.epoch_order = batches.state() if self.epoch_order is None else self.epoch_order
         example = batches.x[: cfg.batch_size]
+        params = list(self.params.values())
         self.step_fn = make_step(
             cfg.compile,
             self.objective,
             self.model,
             self.guide,
-            list(self.params.values()),
+            params,
             (example > 0.5).to(example.dtype) if dynamic else example,
             steps_to_go=(cfg.epochs - self.epoch) * len(batches) - self.batch_in_epoch,
             log=tqdm.write,
         )
         defer = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and self.step_fn.compiled and self.device.type == "cuda")
-        self.deferred = DeferredGuard(self.optimizer, list(self.params.values())) if defer and cfg.nan_policy != "off" else None
+        self.deferred = DeferredGuard(self.optimizer, params) if defer and cfg.nan_policy != "off" else None
         if self.deferred is not None:
             self.deferred.epoch_bad.fill_(self.epoch_skipped)  # a resumed epoch keeps its count
         bar = tqdm(
@@ -349,24 +350,15 @@ class Trainer:
                 continue
             if set_progress is not None:
                 set_progress(self.step, self.epoch)
+            loss = self._step_or_refused(xb)  # the loss, with every parameter's gradient in .grad
             if self.deferred is not None:  # no host read: a bad step is undone on the device
-                try:
-                    loss = self.step_fn(xb)
-                except ValueError as err:  # Pyro's validation refusing NaN distribution parameters (eager step)
-                    if "invalid values" not in str(err):
-                        raise
+                if loss is None:
                     loss = torch.full((), math.nan, device=self.device)
                 ok = self.deferred.update(loss, self.step + 1, xb)
                 self.epoch_total += torch.where(ok, loss, torch.zeros_like(loss))
                 self._after_step(bar, guard, cfg)
                 continue
-            try:
-                loss = self.step_fn(xb)  # the loss, with every parameter's gradient in .grad
-                finite = cfg.nan_policy == "off" or bool(all_finite(loss, params))
-            except ValueError as err:  # Pyro's validation refusing NaN distribution parameters
-                if cfg.nan_policy == "off" or "invalid values" not in str(err):
-                    raise
-                loss, finite = None, False
+            finite = loss is not None and (cfg.nan_policy == "off" or bool(all_finite(loss, params)))
             if not finite:
                 if cfg.nan_policy == "stop":
                     raise TrainingError(
@@ -416,6 +408,16 @@ class Trainer:
             print(f"epoch {self.epoch}/{cfg.epochs}: {shown}, {row['seconds']:.2f} s", flush=True)
         if guard.requested:
             raise Interrupted(self._checkpoint_path())
+
+    def _step_or_refused(self, xb: torch.Tensor) -> torch.Tensor | None:
+        """The step's loss, or None when Pyro's validation refused NaN distribution parameters
+        (the eager step; the guard then treats the batch as non-finite)."""
+        try:
+            return self.step_fn(xb)
+        except ValueError as err:
+            if self.config.nan_policy == "off" or "invalid values" not in str(err):
+                raise
+            return None
 
     def _after_step(self, bar, guard: InterruptGuard, cfg: TrainConfig) -> None:
         self.step += 1

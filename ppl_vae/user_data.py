@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, to_intensities
+from .data import DataError, require_numbers, to_intensities
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff")
 HOLD_OUT = 0.1
@@ -53,8 +53,7 @@ def image_shape_of(per_point: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _points(x: np.ndarray, what: str) -> np.ndarray:
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(f"{what} has dtype {x.dtype}; expected numbers (uint8 pixels or floats in [0, 1])")
+    require_numbers(x, what)
     if x.ndim not in (2, 3, 4):
         raise DataError(f"{what} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
     if x.shape[0] == 0:

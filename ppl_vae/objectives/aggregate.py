@@ -128,13 +128,11 @@ class AggregatePenalized(PerPointObjective):
     def point_surrogate(self, terms: SiteTerms):
         value = terms.log_likelihood().mean(0)
         if self.kl_weight:
-            for name in terms.guide_terms:
-                fn = terms.guide_trace.nodes[name]["fn"]
-                if type(getattr(fn, "base_dist", fn)).__name__ == "Delta":
-                    raise ValueError(
-                        f"{self.name} keeps a KL term, and guide site '{name}' is a point mass with no density; use a "
-                        "stochastic guide, or an objective without KL (wae_mmd, swae, cwae, sparse_ae)"
-                    )
+            for name in terms.point_masses()[:1]:
+                raise ValueError(
+                    f"{self.name} keeps a KL term, and guide site '{name}' is a point mass with no density; use a "
+                    "stochastic guide, or an objective without KL (wae_mmd, swae, cwae, sparse_ae)"
+                )
             value = value + self.kl_weight * (terms.log_prior() - terms.log_guide()).mean(0)
         if self.lam:
             value = value - self.lam * self.divergence(terms)
