@@ -2,27 +2,40 @@
 
 Models are Pyro model functions and guides are Pyro guides, each with its data in
 one ``pyro.plate("data")``; see the README for the contract.
+
+The names below load on first use (PEP 562), so ``import ppl_vae`` and ``ppl-vae --help``
+do not pay for torch and Pyro.
 """
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .data import DataError, load_dataset
-from .evaluate import LogPx, elbo_terms, log_px
-from .objectives import OBJECTIVES, get_objective
-from .sites import ContractError, site_terms
-from .train import TrainConfig, Trainer, TrainingError
+_WHERE = {
+    "DataError": "data",
+    "load_dataset": "data",
+    "LogPx": "evaluate",
+    "elbo_terms": "evaluate",
+    "log_px": "evaluate",
+    "OBJECTIVES": "objectives",
+    "get_objective": "objectives",
+    "ContractError": "sites",
+    "site_terms": "sites",
+    "TrainConfig": "train",
+    "Trainer": "train",
+    "TrainingError": "train",
+}
 
-__all__ = [
-    "OBJECTIVES",
-    "ContractError",
-    "DataError",
-    "LogPx",
-    "TrainConfig",
-    "Trainer",
-    "TrainingError",
-    "elbo_terms",
-    "get_objective",
-    "load_dataset",
-    "log_px",
-    "site_terms",
-]
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ppl_vae' has no attribute '{name}'")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

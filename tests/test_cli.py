@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -99,3 +100,42 @@ def test_help_explains_every_option():
     assert proc.returncode == 0
     for option in ("--dataset", "--data-dir", "--objective", "--resume", "--test-k", "--device", "--binarize"):
         assert option in proc.stdout
+
+
+def test_help_answers_without_importing_torch():
+    """``--help`` of every command loads neither torch nor Pyro, and answers in under a second
+    (a generous bound: it takes about 0.05 s here; torch alone took 1.4 s)."""
+    probe = (
+        "import sys, time; from ppl_vae.cli import main; t = time.perf_counter()\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'pyro', 'arviz') if m in sys.modules)\n"
+        "print('HEAVY', heavy, time.perf_counter() - t, file=sys.stderr)"
+    )
+    for command in ([], ["train"], ["evaluate"], ["compare"], ["sample"]):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", probe, *command, "--help"], capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        assert proc.returncode == 0 and "usage: ppl-vae" in proc.stdout
+        assert "HEAVY []" in proc.stderr, proc.stderr
+        assert elapsed < 1.0, f"ppl-vae {' '.join(command)} --help took {elapsed:.2f} s"
+
+
+def test_option_names_are_the_registries():
+    """The CLI's torch-free name lists (ppl_vae.names) are exactly the registries' keys."""
+    from ppl_vae import names
+    from ppl_vae.data import LOADERS
+    from ppl_vae.guides import GUIDES
+    from ppl_vae.models import LIKELIHOODS, MODELS, PRIORS
+    from ppl_vae.objectives import OBJECTIVES
+
+    assert names.DATASETS == tuple(LOADERS)
+    assert names.GUIDES == tuple(GUIDES)
+    assert names.MODELS == tuple(MODELS)
+    assert names.PRIORS == tuple(PRIORS)
+    assert names.LIKELIHOODS == tuple(LIKELIHOODS)
+    assert names.OBJECTIVES == tuple(OBJECTIVES)
+
+
+def test_python_dash_m_runs_the_command_line():
+    proc = subprocess.run([sys.executable, "-m", "ppl_vae", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "ppl-vae" in proc.stdout
