@@ -141,6 +141,19 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         "every 100 steps and before checkpoints); auto defers for a compiled step on CUDA (default: auto)",
     )
     p.add_argument(
+        "--early-stop",
+        type=int,
+        default=0,
+        metavar="PATIENCE",
+        help="stop once PATIENCE epochs have passed since the best validation log p(x) (the validation ELBO with "
+        "--eval-every 0), and score the best epoch; best.pt always holds the best epoch (default: 0, never stop early)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the per-epoch metrics to OUT/tensorboard for TensorBoard (needs: pip install tensorboard)",
+    )
+    p.add_argument(
         "--compile",
         default="auto",
         choices=["auto", "on", "off"],
@@ -179,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train a model/guide pair and score it",
-        description="Train a VAE on a data set, then estimate test log p(x) by importance sampling. Writes checkpoint.pt (every epoch), result.json, reconstructions.png and samples.png into --out.",
+        description="Train a VAE on a data set, then estimate test log p(x) by importance sampling. Writes checkpoint.pt (every epoch), best.pt (the best validation epoch), metrics.csv, result.json, reconstructions.png and samples.png into --out.",
     )
     _add_run_options(t, default_out="runs/<dataset>-<model>-<guide>-<objective>-<time>")
     t.add_argument(

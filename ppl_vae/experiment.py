@@ -19,6 +19,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Dataset, load_dataset
 from .device import seed_everything
+from .epoch_log import best_summary
 from .evaluate import active_units, elbo_terms, log_px
 from .faults import check_pair_on_data
 from .plots import save_aggregate_view, save_pictures
@@ -111,12 +112,17 @@ def train_and_report(
     trainer.refresh(train_x.to(trainer.device))
     check_pair_on_data(model, guide, data.eval_x("test", trainer.device), "test data")
     history = trainer.fit(train_x, val_x, dynamic=dynamic, resume=resume)
+    # with early stopping the run's answer is its best epoch (as Keras' restore_best_weights)
+    scored_epoch = trainer.restore_best() if config.early_stop else None
     result = score(trainer, data, test_k, out=Path(config.out) if config.out else None, aggregate_tests=aggregate_tests)
     result["history"] = history
     result["step"] = trainer.step_fn.reason
     result["seconds_per_epoch"] = sum(r["seconds"] for r in history) / len(history)
     result["train_loss"] = history[-1]["train_loss"]
     result["val_elbo"] = history[-1]["val_elbo"]
+    result["best"] = best_summary(history, config.eval_every, config.out)
+    result["stopped_early"] = trainer.stopped_early is not None
+    result["scored_epoch"] = scored_epoch or trainer.epoch
     result.update(provenance(trainer.device, command))
     if config.out:
         result["checkpoint"] = str(Path(config.out) / CHECKPOINT_NAME)
@@ -256,6 +262,15 @@ def report_table(result: dict) -> str:
         ("test log p(x)", _fmt_log_px(result)),
         ("active units", f"{result['active_units']} (Cov_x E_q[u] > 0.01)"),
     ]
+    best = result.get("best")
+    if best:
+        stop = f"; training stopped early after epoch {result['epochs']}" if result.get("stopped_early") else ""
+        rows.append(
+            (
+                "best epoch",
+                f"{best['epoch']} ({best['monitor']} {best['value']:.2f}){stop}; test scores are of epoch {result['scored_epoch']}",
+            )
+        )
     if "seconds_per_epoch" in result:
         rows.append(("time per epoch", f"{result['seconds_per_epoch']:.2f} s over {result['epochs']} epochs"))
     if "step" in result:

@@ -3,11 +3,13 @@
 A training run's folder holds::
 
     checkpoint.pt          the last state (every epoch, --checkpoint-every, Ctrl-C)
+    best.pt                the state at the end of the best epoch by validation log p(x)
     metrics.csv            one row per finished epoch, rewritten from the checkpoint's history
+    tensorboard/           the same per-epoch metrics as TensorBoard events (--tensorboard)
     result.json            test scores and the history
     reconstructions.png    samples.png
     eval-k<K>/             one folder per ``ppl-vae evaluate --k K``: evaluation.json, .md,
-                           posterior.nc and the report's pictures
+                           posterior.nc and the report's pictures (eval-best-k<K>/ for best.pt)
 
 A comparison's folder holds compare.md/.csv/.json, its figures and one run folder per variant.
 
@@ -25,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-RUN_FILES = ("checkpoint.pt", "metrics.csv", "result.json", "reconstructions.png", "samples.png")
+RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.csv", "result.json", "reconstructions.png", "samples.png", "tensorboard")
 METRICS = (
     "epoch", "step", "train_loss", "val_elbo", "val_rate", "val_distortion", "val_log_px", "val_log_px_se", "val_k",
     "seconds", "lr", "skipped_batches",
@@ -49,7 +51,7 @@ def new_run_folder(*parts: str, root: str = "runs") -> Path:
 
 
 def stale_evaluations(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob(f"{EVAL_PREFIX}*") if p.is_dir())
+    return sorted(p for p in folder.glob("eval-*") if p.is_dir())
 
 
 def claim_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False, files=RUN_FILES) -> list[str]:
@@ -114,4 +116,6 @@ def evaluation_folder(checkpoint: str | Path, k: int, out: str | Path | None = N
             raise ValueError(f"--out {path} is a file; name a folder for the evaluation's outputs")
         return path
     ckpt = Path(checkpoint)
-    return (ckpt if ckpt.is_dir() else ckpt.parent) / f"{EVAL_PREFIX}{k}"
+    if ckpt.is_dir() or ckpt.stem == "checkpoint":
+        return (ckpt if ckpt.is_dir() else ckpt.parent) / f"{EVAL_PREFIX}{k}"
+    return ckpt.parent / f"eval-{_slug(ckpt.stem)}-k{k}"  # best.pt: its own folder beside the last one's

@@ -95,5 +95,7 @@ def spec_and_config(args, objective: str):
         nan_policy=args.nan_policy,
         compile=args.compile,
         nan_check=args.nan_check,
+        early_stop=args.early_stop,
+        tensorboard=args.tensorboard,
     )
     return spec, config

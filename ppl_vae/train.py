@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DeviceBatches, as_data_tensor, check_data
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
+from .epoch_log import BEST_NAME, MONITOR_NAMES, TensorBoardLog, best_row, epoch_line, keep_as_best, monitored, patience_ran_out
 from .evaluate import NoDensityError, elbo_terms, log_px
 from .faults import DeferredGuard, InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
 from .objectives import get_objective
@@ -64,7 +65,11 @@ class TrainConfig:
     learning rate's factor per epoch (an exponential schedule). ``checkpoint_every``: also
     checkpoint every that many steps (0: at epoch ends only). ``nan_policy``: on a
     non-finite loss or gradient, ``"stop"`` with a message naming the step and the bad
-    site, ``"skip"`` the batch and count it, or ``"off"`` (no check).
+    site, ``"skip"`` the batch and count it, or ``"off"`` (no check). ``early_stop``: end
+    training once that many epochs have passed since the best validation log p(x) (the
+    validation ELBO when ``eval_every`` is 0); 0 = never. The best epoch's checkpoint is kept
+    as ``best.pt`` beside ``checkpoint.pt`` either way. ``tensorboard``: also write the
+    per-epoch metrics as TensorBoard scalars into ``out/tensorboard``.
     """
 
     epochs: int = 10
@@ -83,6 +88,8 @@ class TrainConfig:
     compile: str = "auto"
     nan_check: str = "auto"
     epoch_lines: bool = False
+    early_stop: int = 0
+    tensorboard: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -101,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got '{self.nan_policy}'")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got '{self.compile}'")
+        if self.early_stop < 0:
+            raise ValueError(f"early_stop must be 0 (never) or a positive number of epochs, got {self.early_stop}")
         if self.nan_check not in NAN_CHECKS:
             raise ValueError(f"nan_check must be one of {NAN_CHECKS}, got '{self.nan_check}'")
 
@@ -109,7 +118,7 @@ class TrainConfig:
         d = asdict(self)
         for key in (
             "epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy", "compile", "nan_check",
-            "epoch_lines",
+            "epoch_lines", "early_stop", "tensorboard",
         ):  # fmt: skip
             d.pop(key)
         return d
@@ -176,6 +185,9 @@ class Trainer:
         self.epoch_skipped = 0
         self.step_fn: Any = None  # EagerStep or CompiledStep, chosen in fit()
         self.deferred: DeferredGuard | None = None
+        self.tensorboard: TensorBoardLog | None = None
+        self.stopped_early: int | None = None  # the best epoch, when early stopping ended training
+        self.best_params: dict[str, torch.Tensor] | None = None  # the best epoch's parameters (this process)
         _start_from_an_empty_param_store()
 
     # ------------------------------------------------------------------ parameters
@@ -283,6 +295,10 @@ class Trainer:
         cfg = self.config
         train_x = as_data_tensor(train_x, "training data")
         val_x = None if val_x is None else as_data_tensor(val_x, "validation data")
+        if cfg.early_stop and val_x is None:
+            raise ValueError("early stopping follows the validation log p(x): give validation data (val_x)")
+        if cfg.tensorboard and not cfg.out:
+            raise ValueError("tensorboard writes into the run folder: set out")
         seed_everything(cfg.seed)
         batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic)
         first = batches.x[:2]
@@ -315,6 +331,7 @@ class Trainer:
         self.deferred = DeferredGuard(self.optimizer, params) if defer and cfg.nan_policy != "off" else None
         if self.deferred is not None:
             self.deferred.epoch_bad.fill_(self.epoch_skipped)  # a resumed epoch keeps its count
+        self.tensorboard = TensorBoardLog(cfg.out, self.epoch) if cfg.tensorboard else None
         bar = tqdm(
             total=cfg.epochs * len(batches),
             initial=self.epoch * len(batches) + self.batch_in_epoch,
@@ -324,11 +341,42 @@ class Trainer:
         )
         try:
             with InterruptGuard() as guard:
-                while self.epoch < cfg.epochs:
+                while self.epoch < cfg.epochs and not self._patience_ran_out():
                     self._run_epoch(batches, val_x, guard, bar)
         finally:
             bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return self.history
+
+    def restore_best(self) -> int | None:
+        """Load the best epoch's parameters (kept in memory, or ``best.pt`` after a resume);
+        returns that epoch, or None when there is none (no validation data)."""
+        best = best_row(self.history, monitored(self.config.eval_every))
+        if best is None:
+            return None
+        params = self.best_params
+        path = Path(self.config.out) / BEST_NAME if self.config.out else None
+        if params is None and path is not None and path.exists():
+            params = load_checkpoint(path)["params"]
+        if params is None:
+            return None
+        self.load_params({name: value.to(self.device) for name, value in params.items()})
+        return best["epoch"]
+
+    def _patience_ran_out(self) -> bool:
+        """Early stopping: True (with one line saying so) once ``early_stop`` epochs have passed
+        since the best epoch; read from the history, so a resumed run stops where it stopped."""
+        monitor = monitored(self.config.eval_every)
+        best = patience_ran_out(self.history, monitor, self.config.early_stop)
+        if best is None:
+            return False
+        self.stopped_early = best["epoch"]
+        tqdm.write(
+            f"early stop after epoch {self.epoch}: {MONITOR_NAMES[monitor]} has not improved for {self.epoch - best['epoch']} "
+            f"epochs (patience {self.config.early_stop}); the best, {best[monitor]:.2f} at epoch {best['epoch']}, is in best.pt"
+        )
+        return True
 
     def _run_epoch(self, batches: DeviceBatches, val_x, guard: InterruptGuard, bar) -> None:
         cfg, n = self.config, batches.x.shape[0]
@@ -400,12 +448,17 @@ class Trainer:
         self.history.append(row)
         bar.set_postfix({k: round(v, 2) for k, v in row.items() if k.startswith(("train_loss", "val_elbo", "val_log_px"))})
         self.batch_in_epoch, self.epoch_order = 0, batches.state()
-        self.save()
-        if cfg.out:
+        path = self.save()
+        if best_row(self.history, monitored(cfg.eval_every)) is row:
+            self.best_params = self.state_dict()
+            if path is not None:
+                keep_as_best(path)
+        if path is not None:
             write_metrics(self.history, cfg.out)
-        if cfg.epoch_lines:  # for a batch job's log, where no progress bar shows
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k in ("train_loss", "val_elbo", "val_log_px"))
-            print(f"epoch {self.epoch}/{cfg.epochs}: {shown}, {row['seconds']:.2f} s", flush=True)
+        if self.tensorboard is not None:
+            self.tensorboard.write(row)
+        if cfg.epoch_lines:
+            print(epoch_line(row, cfg.epochs), flush=True)
         if guard.requested:
             raise Interrupted(self._checkpoint_path())
 

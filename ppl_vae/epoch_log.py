@@ -1,0 +1,113 @@
+"""What the loop does with a finished epoch besides its checkpoint: the best checkpoint, early
+stopping, TensorBoard scalars and the one-line log.
+
+The monitored quantity is validation log p(x) where it is estimated (``eval_every`` > 0) and
+the validation ELBO otherwise; higher is better. ``best.pt`` is the checkpoint of the epoch
+with the highest value so far. Early stopping with patience P ends training once P epochs have
+passed since that epoch, checked whenever the quantity is measured; everything it needs is in
+the history, so a resumed run decides as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+BEST_NAME = "best.pt"
+TENSORBOARD_DIR = "tensorboard"
+# metrics.csv column -> TensorBoard tag
+TAGS = {
+    "train_loss": "train/loss",
+    "val_elbo": "val/elbo",
+    "val_log_px": "val/log_px",
+    "val_log_px_se": "val/log_px_se",
+    "val_rate": "val/rate",
+    "val_distortion": "val/distortion",
+    "seconds": "time/seconds_per_epoch",
+    "lr": "optim/lr",
+    "skipped_batches": "train/skipped_batches",
+}
+MONITOR_NAMES = {"val_log_px": "validation log p(x)", "val_elbo": "validation ELBO"}
+
+
+def monitored(eval_every: int) -> str:
+    """The history column the best checkpoint and early stopping follow."""
+    return "val_log_px" if eval_every else "val_elbo"
+
+
+def best_row(history: list[dict], monitor: str) -> dict | None:
+    """The first epoch with the highest finite ``monitor`` value, or None if none has one."""
+    rows = [r for r in history if isinstance(r.get(monitor), float) and math.isfinite(r[monitor])]
+    return max(rows, key=lambda r: r[monitor]) if rows else None  # max keeps the first of equals
+
+
+def patience_ran_out(history: list[dict], monitor: str, patience: int) -> dict | None:
+    """The best row, when the last measured epoch is ``patience`` or more epochs after it."""
+    if not patience:
+        return None
+    best = best_row(history, monitor)
+    measured = [r for r in history if monitor in r]
+    if best is None or not measured:
+        return None
+    return best if measured[-1]["epoch"] - best["epoch"] >= patience else None
+
+
+def keep_as_best(checkpoint: Path) -> Path:
+    """Copy ``checkpoint`` to ``best.pt`` beside it, atomically (a copy then a rename), so a
+    crash leaves the previous best whole."""
+    target = checkpoint.with_name(BEST_NAME)
+    tmp = target.with_name(BEST_NAME + ".tmp")
+    shutil.copyfile(checkpoint, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def best_summary(history: list[dict], eval_every: int, out: str | None) -> dict | None:
+    """What result.json says of the best epoch."""
+    monitor = monitored(eval_every)
+    best = best_row(history, monitor)
+    if best is None:
+        return None
+    path = Path(out) / BEST_NAME if out else None
+    return {
+        "epoch": best["epoch"],
+        "monitor": monitor,
+        "value": best[monitor],
+        "checkpoint": str(path) if path is not None and path.exists() else None,
+    }
+
+
+class TensorBoardLog:
+    """Per-epoch scalars in ``OUT/tensorboard`` (global step = epoch), when ``tensorboard`` is installed.
+
+    A resumed run purges the events of epochs after its checkpoint, so each epoch appears once.
+    """
+
+    def __init__(self, out: str | Path, done_epochs: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(log_dir=str(Path(out) / TENSORBOARD_DIR), purge_step=done_epochs + 1)
+
+    def write(self, row: dict) -> None:
+        for key, tag in TAGS.items():
+            value = row.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(tag, value, global_step=row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One line per epoch for a batch job's log, where no progress bar shows."""
+    shown = [f"{k} {row[k]:.2f}" for k in ("train_loss", "val_elbo", "val_log_px") if k in row]
+    if "val_log_px_se" in row:
+        shown[-1] += f" ± {row['val_log_px_se']:.2f} (K={row['val_k']})"
+    if row.get("skipped_batches"):
+        shown.append(f"skipped {row['skipped_batches']}")
+    return f"epoch {row['epoch']}/{epochs}: {', '.join(shown)}, {row['seconds']:.2f} s"
