@@ -239,11 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "evaluate",
         help="score a checkpoint",
-        description="Estimate test log p(x) (with standard error and K), ELBO, rate, distortion and active units of a trained checkpoint; writes evaluation.json and pictures beside it (or into --out).",
+        description="Estimate test log p(x) (with standard error and K), ELBO, rate, distortion, active units and the posterior diagnostics of a trained checkpoint, each with how to read it; writes evaluation.json, evaluation.md (and evaluation.html with --html) and pictures into eval-k<K>/ beside it (or --out).",
     )
     _add_checkpoint_options(e, default_out="eval-k<K> beside the checkpoint")
     e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
     e.add_argument("--n-points", type=int, default=0, help="score only the first N test points (default: all)")
+    e.add_argument(
+        "--html", action="store_true", help="also write evaluation.html: one self-contained file with the tables and pictures"
+    )
     return parser
 
 
@@ -330,7 +333,8 @@ def _load_for_output(args, out: Path, need_data: bool = True):
 
 def cmd_evaluate(args) -> int:
     from .experiment import format_table, provenance, write_json
-    from .report import full_report, markdown_report, report_rows
+    from .report import full_report
+    from .report_text import markdown_report, terminal_report
     from .run_folder import evaluation_folder
 
     if args.k < 1:
@@ -352,6 +356,7 @@ def cmd_evaluate(args) -> int:
         image_shape=data.image_shape,
         out=out,
         progress=not args.no_progress,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     meta = trainer.config.meta
     report.update(
@@ -365,19 +370,21 @@ def cmd_evaluate(args) -> int:
         **provenance(trainer.device, args.command_line),
     )
     path = write_json(report, out / "evaluation.json")
-    header = f"# {data.name}: {meta.get('model')} / {meta.get('guide')}, objective {trainer.config.objective}, {trainer.epoch} epochs\n\n"
-    (out / "evaluation.md").write_text(header + markdown_report(report))
-    print(
-        format_table(
-            [
-                ("data / model", f"{data.name}, {meta.get('model')} / {meta.get('guide')}, {trainer.config.objective}"),
-                ("device", str(trainer.device)),
-            ]
-            + report_rows(report)
-        )
+    title = (
+        f"{data.name}: {meta.get('model')} / {meta.get('guide')}, objective {trainer.config.objective}, {trainer.epoch} epochs"
     )
-    posterior = ", posterior.nc" if report.get("inference_data") else ""
-    print(f"wrote {path}, {out / 'evaluation.md'}{posterior} and pictures {', '.join(report.get('pictures', {}).values())}")
+    (out / "evaluation.md").write_text(f"# {title}\n\n" + markdown_report(report))
+    written = [str(path), str(out / "evaluation.md")]
+    if args.html:
+        from .html_report import html_report
+
+        written.append(str(html_report(report, title, out / "evaluation.html")))
+    pairs, notes = terminal_report(report)
+    print(format_table([("data / model", title), ("device", str(trainer.device))] + pairs))
+    print("\nHow to read it:\n" + "\n".join(notes))
+    if report.get("inference_data"):
+        written.append(report["inference_data"])
+    print(f"wrote {', '.join(written)} and pictures {', '.join(report.get('pictures', {}).values())}")
     return 0
 
 
@@ -385,7 +392,7 @@ def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
-    from .plots import sample, save_grid, save_pictures
+    from .plots import save_pictures, save_samples
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
@@ -397,12 +404,12 @@ def cmd_sample(args) -> int:
     if data is None:  # the checkpoint alone: unconditional samples, no reconstructions
         image_shape = tuple(trainer.config.meta["image_shape"])
         like = torch.zeros(1, int(np.prod(image_shape)), device=trainer.device)
-        path = save_grid(sample(trainer.model, like, args.n), image_shape, out / "samples.png")
+        path = save_samples(trainer.model, like, args.n, image_shape, out / "samples.png")
         print(f"wrote {path}")
         return 0
     test_x = data.eval_x("test", trainer.device)
     paths = save_pictures(trainer.model, trainer.guide, test_x, data.image_shape, out)
-    paths["samples"] = str(save_grid(sample(trainer.model, test_x, args.n), data.image_shape, out / "samples.png"))
+    paths["samples"] = str(save_samples(trainer.model, test_x, args.n, data.image_shape, out / "samples.png"))
     print(f"wrote {paths['samples']} and {paths['reconstructions']}")
     return 0
 

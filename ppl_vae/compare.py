@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .experiment import train_and_report, write_json
-from .report import md_cell
+from .report_text import md_cell
 from .train import TrainConfig, TrainingError
 
 COLUMNS = [

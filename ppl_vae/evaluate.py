@@ -302,8 +302,10 @@ def posterior_means(model, guide, x: torch.Tensor, k: int = 50, batch_size: int 
 
 
 def active_units(model, guide, x: torch.Tensor, threshold: float = 0.01, k: int = 50) -> dict[str, int]:
-    """Latent dimensions u with Cov_x(E_q[u | x]) > ``threshold`` (Burda et al. 2016), per site and in total."""
+    """Latent dimensions u with Cov_x(E_q[u | x]) > ``threshold`` (Burda et al. 2016), per site and in
+    total, and ``dims``: how many latent dimensions there are."""
     means = posterior_means(model, guide, x, k=k)
     counts = {name: int((m.var(0) > threshold).sum()) for name, m in means.items()}
     counts["total"] = sum(counts.values())
+    counts["dims"] = sum(m.shape[1] for m in means.values())
     return counts

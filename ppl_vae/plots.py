@@ -46,40 +46,92 @@ def sample(model, like: torch.Tensor, n: int) -> torch.Tensor:
     return _observed_mean(trace).reshape(dummy.shape)
 
 
-def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], path: str | Path, nrow: int | None = None) -> Path:
-    """Tile flattened images ``(N, prod(image_shape))`` into one PNG (grey levels in [0, 1])."""
+def _grid_canvas(images: torch.Tensor, image_shape, per_row: int) -> tuple[torch.Tensor, int, int]:
+    """Tiles on a white canvas with one-pixel gaps: ``(canvas, rows, tile height, tile width)``."""
+    images = images.detach().float().cpu().clamp(0, 1).reshape(-1, *image_shape)
+    if images.dim() == 4:  # (N, C, H, W): colour pictures for 3 channels, the first channel otherwise
+        images = images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0]
+    n, (h, w) = images.shape[0], images.shape[1:3]
+    rows = math.ceil(n / per_row)
+    canvas = torch.ones((rows * (h + 1) + 1, per_row * (w + 1) + 1) + tuple(images.shape[3:]))
+    for i in range(n):
+        r, c = divmod(i, per_row)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = images[i]
+    return canvas, rows, h, w
+
+
+def save_grid(
+    images: torch.Tensor,
+    image_shape: tuple[int, ...],
+    path: str | Path,
+    nrow: int | None = None,
+    row_labels: list[str] | None = None,
+    col_labels: list[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Tile flattened images ``(N, prod(image_shape))`` (grey levels in [0, 1]), ``nrow`` per row,
+    into one PNG, with a label per row and per column and a title where given.
+
+    Readable at any N: each tile is drawn 0.3-1 inch wide (the grid at most about 12 inches),
+    and never with fewer screen pixels than the image has.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = images.detach().float().cpu().clamp(0, 1).reshape(-1, *image_shape)
-    if images.dim() == 4:  # (N, C, H, W): colour pictures for 3 channels, the first channel otherwise
-        images = images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0]
-    n = images.shape[0]
-    nrow = nrow or math.ceil(math.sqrt(n))
-    ncol = math.ceil(n / nrow)
-    h, w = images.shape[1:3]
-    canvas = torch.ones((ncol * (h + 1) + 1, nrow * (w + 1) + 1) + tuple(images.shape[3:]))
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = images[i]
+    per_row = nrow or math.ceil(math.sqrt(images.shape[0]))
+    canvas, rows, h, w = _grid_canvas(images, image_shape, per_row)
+    tile = min(1.0, max(0.3, 12.0 / per_row))
+    grid_w, grid_h = per_row * tile, rows * tile * h / w
+    left = 1.1 if row_labels else 0.1
+    top = 0.1 + (0.3 if title else 0.0) + (0.25 if col_labels else 0.0)
+    fig_w, fig_h = max(grid_w + left + 0.1, 2.5), grid_h + top + 0.1
+    dpi = min(400, max(100, math.ceil(canvas.shape[1] / grid_w)))
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
+    ax = fig.add_axes((left / fig_w, 0.1 / fig_h, grid_w / fig_w, grid_h / fig_h))
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.set_xticks([1 + c * (w + 1) + w / 2 - 0.5 for c in range(per_row)] if col_labels else [])
+    ax.set_yticks([1 + r * (h + 1) + h / 2 - 0.5 for r in range(rows)] if row_labels else [])
+    if col_labels:
+        ax.xaxis.tick_top()
+        ax.set_xticklabels(col_labels[:per_row], fontsize=7)
+    if row_labels:
+        ax.set_yticklabels(row_labels[:rows], fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9, pad=14 if col_labels else 4)
     path = Path(path)
-    plt.imsave(path, canvas.numpy(), cmap="gray", vmin=0, vmax=1)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
     return path
 
 
+def interleave_reconstructions(x: torch.Tensor, rec: torch.Tensor, per_row: int = 8) -> tuple[torch.Tensor, list[str]]:
+    """Rows of ``per_row`` data images, each followed by their reconstructions; one label per row."""
+    rows, labels = [], []
+    for start in range(0, x.shape[0], per_row):
+        rows += [x[start : start + per_row], rec[start : start + per_row]]
+        labels += ["data", "reconstruction"]
+    return torch.cat(rows), labels
+
+
+def save_samples(model, like: torch.Tensor, n: int, image_shape, path) -> Path:
+    """``n`` unconditional samples (means of p(x | z), z ~ p(z)) in one labelled grid."""
+    return save_grid(sample(model, like, n), image_shape, path, title=f"{n} samples: mean of p(x | z) at z ~ p(z)")
+
+
 def save_pictures(model, guide, x: torch.Tensor, image_shape, out: str | Path, n: int = 32) -> dict[str, str]:
-    """``reconstructions.png`` (odd rows data, even rows reconstructions) and ``samples.png``."""
+    """``reconstructions.png`` (rows labelled: data, then their reconstructions) and ``samples.png``."""
     out = Path(out)
     x = x[:n]
-    rec = reconstruct(model, guide, x)
-    rows = []
-    for start in range(0, x.shape[0], 8):
-        rows += [x[start : start + 8], rec[start : start + 8]]
+    images, labels = interleave_reconstructions(x, reconstruct(model, guide, x))
+    title = "test data and reconstructions: mean of p(x | z) at one z ~ q(z | x)"
     paths = {
-        "reconstructions": save_grid(torch.cat(rows), image_shape, out / "reconstructions.png", nrow=8),
-        "samples": save_grid(sample(model, x, 64), image_shape, out / "samples.png", nrow=8),
+        "reconstructions": save_grid(images, image_shape, out / "reconstructions.png", nrow=8, row_labels=labels, title=title),
+        "samples": save_samples(model, x, 64, image_shape, out / "samples.png"),
     }
     return {k: str(v) for k, v in paths.items()}
 
@@ -95,14 +147,23 @@ def decode_at(model, site: str, z: torch.Tensor, like: torch.Tensor) -> torch.Te
 
 
 def save_traversals(model, site: str, z_dim: int, dims, like, image_shape, path, steps: int = 9, span: float = 3.0) -> Path:
-    """One row per latent dimension in ``dims``: that coordinate from -span to span, the others 0."""
+    """One row per latent dimension in ``dims`` (labelled ``site[d]``): that coordinate from -span
+    to span (the column labels), the others 0."""
     rows = []
     grid = torch.linspace(-span, span, steps, device=like.device)
     for d in dims:
         z = torch.zeros(steps, z_dim, device=like.device)
         z[:, d] = grid
         rows.append(decode_at(model, site, z, like))
-    return save_grid(torch.cat(rows), image_shape, path, nrow=steps)
+    return save_grid(
+        torch.cat(rows),
+        image_shape,
+        path,
+        nrow=steps,
+        row_labels=[f"{site}[{d}]" for d in dims],
+        col_labels=[f"{v:g}" for v in grid.tolist()],
+        title=f"latent traversals: one dimension of {site} per row, the others at 0",
+    )
 
 
 def save_aggregate_view(codes: torch.Tensor, labels, path) -> Path:

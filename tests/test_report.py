@@ -13,6 +13,8 @@ from ppl_vae.cli import main
 from ppl_vae.evaluate import elbo_terms
 from ppl_vae.models import LinearGaussian
 from ppl_vae.posterior import export_inference_data, posterior_correlations
+from ppl_vae.report import STAGES
+from ppl_vae.report_text import report_rows
 
 from helpers import AffineGuide, ShiftedPosteriorGuide, correlated_linear_gaussian, diagonal_posterior_linear_gaussian
 
@@ -138,20 +140,64 @@ def test_evaluate_command_writes_the_full_report(tmp_path, capsys):
         )
         == 0
     )
-    assert main(["evaluate", str(out), "--k", "60", "--n-points", "80", "--no-progress", "--device", "cpu"]) == 0
-    table = capsys.readouterr().out
-    for words in ("IWAE bound by K", "PSIS k-hat", "I(x;z)", "q(z) vs N(0,I)", "mean |corr|"):
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--k", "60", "--n-points", "80", "--no-progress", "--device", "cpu", "--html"]) == 0
+    printed = capsys.readouterr()
+    table = printed.out
+    for words in ("IWAE bound by K", "PSIS k-hat", "I(x;z)", "q(z) vs N(0,I)", "mean |corr|", "How to read it"):
         assert words in table
+    stages = [line for line in printed.err.splitlines() if line.startswith("evaluate [")]
+    assert stages[0] == "evaluate [1/7] log p(x) by importance sampling" and stages[-1].startswith("evaluate [7/7] pictures")
+    assert len(stages) == 7
     run, out = out, out / "eval-k60"  # the evaluation's own folder: the training pictures stay as they were
     assert (run / "reconstructions.png").exists() and (run / "checkpoint.pt").exists()
     r = json.loads((out / "evaluation.json").read_text())
     assert r["k"] == 60 and r["n"] == 80 and set(r["iwae_by_k"]) == {"1", "5", "50", "60"}
     assert {"share_above_0.7", "median"} <= set(r["k_hat"])
-    assert r["surgery"]["rate"] == pytest.approx(r["surgery"]["mutual_information"] + r["surgery"]["marginal_kl"])
+    # one rate: the ELBO row's, split into I(x;z) and the marginal KL (no second estimate of it)
+    assert "rate" not in r["surgery"]
+    assert r["test_rate"] == pytest.approx(r["surgery"]["mutual_information"] + r["surgery"]["marginal_kl"])
+    assert r["latent_dims"] == 3 and set(r["stage_seconds"]) == set(STAGES)
     assert len(r["kl_per_dimension"]["z"]) == 3 and r["prior_match"]["n"] == 80
     for name in ("reconstructions", "samples", "traversals", "aggregate_posterior", "iwae_vs_k"):
         assert (out / f"{name}.png").stat().st_size > 500
     assert (out / "posterior.nc").exists() and "| test log p(x) |" in (out / "evaluation.md").read_text()
+    _check_html(out / "evaluation.html", r)
+
+
+def _check_html(path, report):
+    """The HTML report stands alone: every picture embedded as a PNG, no outside reference,
+    one table row per report row with three cells."""
+    import base64
+    from html.parser import HTMLParser
+
+    class Parse(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images, self.links, self.rows, self.cells = [], [], [], 0
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img":
+                self.images.append(attrs["src"])
+            if tag in ("link", "script") or (tag == "a" and "href" in attrs):
+                self.links.append(attrs)
+            if tag == "tr":
+                self.cells = 0
+            if tag in ("td", "th"):
+                self.cells += 1
+
+        def handle_endtag(self, tag):
+            if tag == "tr":
+                self.rows.append(self.cells)
+
+    parser = Parse()
+    parser.feed(path.read_text())
+    assert len(parser.images) == len(report["pictures"]) and not parser.links
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parser.rows[: 1 + len(report_rows(report))] == [3] * (1 + len(report_rows(report)))
 
 
 def test_diagnostics_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
@@ -164,3 +210,24 @@ def test_diagnostics_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
     assert "one latent site" in report["surgery"]["skipped"]
     assert "one latent site" in report["prior_match"]["skipped"]
     assert np.isfinite(report["log_px"])
+
+
+def test_pictures_are_labelled_and_readable_at_any_n(tmp_path):
+    import matplotlib.image as mpimg
+
+    from ppl_vae.plots import interleave_reconstructions, save_grid
+
+    x, rec = torch.rand(20, 784), torch.rand(20, 784)
+    images, labels = interleave_reconstructions(x, rec, per_row=8)
+    assert labels == ["data", "reconstruction"] * 3
+    assert torch.equal(images[:8], x[:8]) and torch.equal(images[8:16], rec[:8]) and torch.equal(images[16:20], x[8:12])
+    for n in (1, 64, 2000):
+        path = save_grid(torch.rand(n, 784), (28, 28), tmp_path / f"g{n}.png", title="t")
+        height, width = mpimg.imread(path).shape[:2]
+        per_row = int(np.ceil(np.sqrt(n)))
+        assert width >= 250 and height >= 100  # one image is still big enough to see
+        assert width >= per_row * 29  # never fewer screen pixels than the images have
+        assert width <= 4000 and height <= 4000  # and not a poster for 2,000 images
+    labelled = save_grid(images, (28, 28), tmp_path / "l.png", nrow=8, row_labels=labels)
+    plain = save_grid(images, (28, 28), tmp_path / "p.png", nrow=8)
+    assert mpimg.imread(labelled).shape[1] > mpimg.imread(plain).shape[1]  # room for the row labels

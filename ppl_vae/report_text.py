@@ -1,0 +1,171 @@
+"""The evaluation report as text: one row per quantity (in nats per data point unless the row
+says otherwise), each with how to read it and what to do, for the terminal, Markdown and HTML.
+
+Each diagnostic's note is written from its value: a PSIS k-hat row with points above 0.7 says
+what that does to the log p(x) figure and what to change, one without says the estimate holds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+UNITS = "nats per data point unless stated"
+
+
+class Row(NamedTuple):
+    quantity: str
+    value: str
+    note: str
+
+
+def _p(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def report_rows(r: dict) -> list[Row]:
+    """The report's rows; ``r`` is :func:`ppl_vae.report.full_report`'s dict."""
+    if r["log_px"] is None:  # a point-mass guide: no density, no bound, no log p(x)
+        return [
+            Row(
+                "test log p(x)", f"none: {r['log_px_note']}", "a deterministic encoder defines no q(z|x), so no bound on log p(x)"
+            ),
+            Row("test distortion", f"{r['test_distortion']:.2f}", "-E log p(x|z): the reconstruction error, nats per point"),
+            _units_row(r),
+            _prior_match_row(r),
+        ]
+    rows = [_log_px_row(r), _ladder_row(r)]
+    if "k_hat" in r:
+        rows.append(_k_hat_row(r))
+    rows += [_elbo_row(r), _units_row(r), _split_row(r), _prior_match_row(r), _correlation_row(r)]
+    return rows
+
+
+def _log_px_row(r: dict) -> Row:
+    value = f"{r['log_px']:.2f} ± {r['log_px_se']:.2f} (K={r['k']}, Monte Carlo SE {r['log_px_mc_se']:.3f}, {r['n']} points)"
+    note = (
+        "mean over the test points of the importance-sampled log p(x); ± is its standard error over the points, the "
+        "Monte Carlo SE the estimator's own noise at this K. It is a stochastic lower bound: a larger K can only raise it "
+        "on average"
+    )
+    return Row("test log p(x)", value, note)
+
+
+def _ladder_row(r: dict) -> Row:
+    by_k = {int(k): v for k, v in r["iwae_by_k"].items()}
+    value = ", ".join(f"K={k}: {v:.2f}" for k, v in sorted(by_k.items()))
+    ks = sorted(by_k)
+    if len(ks) < 2:
+        return Row("IWAE bound by K", value, "the bound at each K; with one K there is no trend to read")
+    gain = by_k[ks[-1]] - by_k[ks[-2]]
+    verdict = (
+        f"still rising ({gain:+.2f} nats from K={ks[-2]} to K={ks[-1]}): log p(x) is not converged, raise --k"
+        if gain > 0.1
+        else f"flat at the top ({gain:+.2f} nats from K={ks[-2]} to K={ks[-1]}): K is large enough for this guide"
+    )
+    return Row("IWAE bound by K", value, f"the bound on the same draws at each K; {verdict}")
+
+
+def _k_hat_row(r: dict) -> Row:
+    kh = r["k_hat"]
+    share = kh["share_above_0.7"]
+    value = f"share > 0.7: {share:.1%}, share > 0.5: {kh['share_above_0.5']:.1%}, median {kh['median']:.2f}, max {kh['max']:.2f}"
+    if not math.isfinite(kh["median"]):
+        note = "the Pareto fit failed (too few samples per point?): run with a larger --k before trusting log p(x)"
+    elif share > 0:
+        note = (
+            f"UNRELIABLE for {share:.1%} of the points: with k-hat > 0.7 their importance weights have (nearly) infinite "
+            "variance, so their log p(x) is likely underestimated and the mean is a loose lower bound. Remedy: a larger "
+            "--k, or a guide closer to the posterior (full_cov, iaf; training with iwae or dreg)"
+        )
+    else:
+        note = (
+            "Pareto k-hat of each point's importance weights (Vehtari et al.): below 0.5 good, 0.5-0.7 usable, above 0.7 "
+            "unreliable; no point is above 0.7, so the estimates hold"
+        )
+    return Row("PSIS k-hat", value, note)
+
+
+def _elbo_row(r: dict) -> Row:
+    value = f"{r['test_elbo']:.2f} = -(rate {r['test_rate']:.2f} + distortion {r['test_distortion']:.2f})"
+    gap = r["log_px"] - r["test_elbo"]
+    note = (
+        "rate = E KL(q(z|x) || p(z)), the nats the code carries about each point; distortion = -E log p(x|z), the "
+        f"reconstruction error (one draw per point). log p(x) - ELBO = {gap:.2f} nats is what the guide gives away"
+    )
+    return Row("test ELBO", value, note)
+
+
+def _units_row(r: dict) -> Row:
+    dims = r.get("latent_dims")
+    value = f"{r['active_units']} of {dims}" if dims else str(r["active_units"])
+    note = "dimensions u with Cov_x E_q[u|x] > 0.01 (Burda et al. 2016): the others carry no information about x"
+    if dims and r["active_units"] < dims:
+        note += "; many inactive units is posterior collapse (KL warm-up or free bits keep units alive, or use a smaller z)"
+    return Row("active units", value, note)
+
+
+def _split_row(r: dict) -> Row:
+    s = r["surgery"]
+    if "skipped" in s:
+        return Row("rate split: I(x;z) + KL(q(z)||p(z))", s["skipped"], "")
+    value = f"{s['mutual_information']:.2f} + {s['marginal_kl']:.2f} (the rate {r['test_rate']:.2f} of the ELBO row)"
+    note = (
+        f"I(x;z) estimated on {s['points']} points (it cannot exceed log {s['points']} = {s['mutual_information_max']:.2f}); "
+        "KL(q(z)||p(z)) is the rest of the rate: how far the aggregate posterior is from the prior. A large one means "
+        "prior samples land where no data point is encoded (try --prior vamp or an aggregate objective such as infovae)"
+    )
+    return Row("rate split: I(x;z) + KL(q(z)||p(z))", value, note)
+
+
+def _prior_match_row(r: dict) -> Row:
+    m = r["prior_match"]
+    if "skipped" in m:
+        return Row("q(z) vs N(0,I): p-values", m["skipped"], "")
+    ps = [m["p_value"], m["skewness_p_value"], m["kurtosis_p_value"], m["radius_p_value"], m["pairwise_p_value"]]
+    value = (
+        f"MMD {_p(ps[0])} (MMD² {_p(m['mmd2'])}), Mardia skew {_p(ps[1])}, kurtosis {_p(ps[2])}, radii {_p(ps[3])}, "
+        f"pairwise {_p(ps[4])} ({m['n']} points)"
+    )
+    rejected = sum(p < 0.05 for p in ps)
+    verdict = (
+        f"{rejected} of 5 tests reject N(0, I) at 5%: samples drawn from the prior will decode from regions the decoder "
+        "rarely saw"
+        if rejected
+        else "no test rejects N(0, I) at 5%"
+    )
+    note = f"tests of one z ~ q(z|x) per point against N(0, I); {verdict}. With many points tiny mismatches are rejected too"
+    return Row("q(z) vs N(0,I): p-values", value, note)
+
+
+def _correlation_row(r: dict) -> Row:
+    c = r["posterior_correlation"]
+    if "skipped" in c:
+        return Row("mean |corr| off-diagonal", c["skipped"], "")
+    value = (
+        f"posterior {c['posterior_mean_abs_offdiag']:.3f} vs guide {c['guide_mean_abs_offdiag']:.3f} "
+        f"(median ESS {c['median_ess']:.0f} of {c['k']})"
+    )
+    note = (
+        "correlations between latent dimensions in the importance-weighted posterior and in the guide; a posterior value "
+        "well above the guide's is structure the guide cannot express (full_cov or iaf can). ESS is the effective number "
+        f"of the {c['k']} importance samples: far below K means q(z|x) is a poor proposal for p(z|x)"
+    )
+    return Row("mean |corr| off-diagonal", value, note)
+
+
+def md_cell(text) -> str:
+    """A table cell's text with Markdown's column separator escaped (``KL(q||p)`` would split the row)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_report(r: dict) -> str:
+    lines = [f"Values in {UNITS}.", "", "| quantity | value | how to read it |", "|---|---|---|"]
+    lines += [f"| {md_cell(q)} | {md_cell(v)} | {md_cell(n)} |" for q, v, n in report_rows(r)]
+    return "\n".join(lines) + "\n"
+
+
+def terminal_report(r: dict) -> tuple[list[tuple[str, str]], list[str]]:
+    """The table's (quantity, value) pairs and, below it, one note per quantity."""
+    rows = report_rows(r)
+    return [(q, v) for q, v, _ in rows], [f"- {q}: {n}" for q, _, n in rows if n]
