@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--resume", action="store_true", help="continue a comparison in --out: finished variants are read back, not retrained"
     )
+    c.add_argument(
+        "--jobs", type=int, default=1, help="train this many variants at once, one process each, on --device (default: 1)"
+    )
+    c.add_argument(
+        "--devices",
+        default=None,
+        help="comma-separated devices, e.g. cuda:0,cuda:1: one process per device, each training one variant at a time",
+    )
     c.add_argument("--guides", default=None, help="comma-separated guides to cross with the objectives (default: --guide)")
     c.add_argument("--models", default=None, help="comma-separated models to cross with the objectives (default: --model)")
 
@@ -284,23 +292,44 @@ def cmd_compare(args) -> int:
         check_pair_names(name, None)
     guides = guides and [resolve_ref(g) if is_file_ref(g) else g for g in guides]
     models = models and [resolve_ref(m) if is_file_ref(m) else m for m in models]
+    devices = _compare_devices(args)
     run_folder(args, "compare", Path(args.data).stem if args.data else args.dataset, compare=True)
     spec, config = spec_and_config(args, objectives[0] if objectives else "elbo")
-    rows = compare(spec, config, objectives, guides, models, test_k=args.test_k, resume=args.resume, preset=args.preset)
+    rows = compare(
+        spec, config, objectives, guides, models, test_k=args.test_k, resume=args.resume, preset=args.preset, devices=devices
+    )
     print(markdown_table(rows, AGGREGATE_COLUMNS if args.preset == "aggregate" else COLUMNS))
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, validation_curves.png, rate_distortion.png")
     return 0 if any(r["status"] == "ok" for r in rows) else 1
 
 
+def _compare_devices(args) -> list[str]:
+    """The worker devices of ``compare --jobs/--devices`` (one entry per process), each checked."""
+    from .device import resolve_device
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.devices and args.jobs > 1:
+        raise ValueError("give --jobs N (processes on --device) or --devices LIST (one process per device), not both")
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else [args.device] * args.jobs
+    for d in devices:
+        resolve_device(d)  # a missing GPU is an error now, not a failed row later
+    return devices
+
+
 def cmd_train(args) -> int:
+    from . import distributed
     from .experiment import report_table, train_and_report
     from .objectives import get_objective
 
     get_objective(args.objective)  # a bad spec is refused before any folder is made
     data_name = Path(args.data).stem if args.data else args.dataset
-    run_folder(args, data_name, args.model, args.guide or model_options(args)["guide"], args.objective.replace(":", "_"))
+    parts = (data_name, args.model, args.guide or model_options(args)["guide"], args.objective.replace(":", "_"))
+    args.out = distributed.on_main(run_folder, args, *parts)  # under torchrun: rank 0's folder for every rank
     spec, config = spec_and_config(args, args.objective)
     result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume, command=args.command_line)
+    if result is None:  # a rank other than 0: rank 0 reports
+        return 0
     print(report_table(result))
     print(
         f"wrote {Path(args.out) / 'result.json'}, checkpoint {result['checkpoint']}, pictures {', '.join(result['pictures'].values())}"
@@ -332,6 +361,7 @@ def _load_for_output(args, out: Path, need_data: bool = True):
 
 
 def cmd_evaluate(args) -> int:
+    from . import distributed
     from .experiment import format_table, provenance, write_json
     from .report import full_report
     from .report_text import markdown_report, terminal_report
@@ -357,7 +387,10 @@ def cmd_evaluate(args) -> int:
         out=out,
         progress=not args.no_progress,
         log=lambda line: print(line, file=sys.stderr, flush=True),
+        seed=args.seed,
     )
+    if not distributed.is_main():  # its share of log p(x) is in rank 0's report
+        return 0
     meta = trainer.config.meta
     report.update(
         dataset=data.name,
@@ -421,14 +454,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # before torch is imported: --help answers at once
 
+    from . import distributed
     from .checkpoint import CheckpointError
     from .train import Interrupted, TrainingError
 
+    if distributed.launched_by_torchrun():
+        if args.command not in ("train", "evaluate"):
+            print(
+                f"ppl-vae {args.command}: error: under torchrun only train and evaluate run (one process per device); "
+                "spread a comparison with ppl-vae compare --jobs N or --devices cuda:0,cuda:1",
+                file=sys.stderr,
+            )
+            return 2
+        args.device = distributed.start(args.device)
     args.command_line = ["ppl-vae", *(sys.argv[1:] if argv is None else argv)]
     try:
         return COMMANDS[args.command](args)
     except Interrupted as stop:
-        print(f"ppl-vae {args.command}: {stop}; continue with --resume", file=sys.stderr)
+        if distributed.is_main():  # under torchrun rank 0 saved, and says so
+            print(f"ppl-vae {args.command}: {stop}; continue with --resume", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"ppl-vae {args.command}: interrupted", file=sys.stderr)
@@ -438,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ppl-vae {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

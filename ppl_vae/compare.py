@@ -86,8 +86,13 @@ def compare(
     test_k: int = 1000,
     resume: bool = False,
     preset: str | None = None,
+    devices: list[str] | None = None,
 ) -> list[dict]:
     """Train and score every combination; returns one row per variant (see :data:`COLUMNS`).
+
+    ``devices`` (two or more, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu"] * jobs``) trains the
+    variants concurrently, one worker process per entry; the rows and files are the same as a
+    sequential run's (each variant seeds itself).
 
     With ``resume``, a variant whose folder holds a finished result of this budget is read back
     instead of trained, and one with only a checkpoint continues from it. Ctrl-C writes the
@@ -107,36 +112,96 @@ def compare(
         vary = {name for name, values in (("guide", guides), ("model", models)) if len(values) > 1}
         variants = [(variant_name(o, g, m, vary), o, g, m) for o, g, m in itertools.product(objectives, guides, models)]
     aggregate = preset == "aggregate"
-    rows: list[dict] = []
+    tasks = []
     for i, (name, objective, guide, model) in enumerate(variants, start=1):
         label = f"variant {i} of {len(variants)}: {name}"
         variant_spec = {**copy.deepcopy(spec), "guide": guide, "model": model, "progress_label": label}
         cfg = replace(config, objective=objective, out=str(out / _slug(name)), meta={})
-        row: dict[str, Any] = {"variant": name, "objective": objective, "guide": guide, "model": model}
-        if not config.progress:
-            print(label, flush=True)
-        try:
-            result = _finished(cfg) if resume else None
-            if result is None:
-                result = train_and_report(
-                    variant_spec, cfg, test_k=test_k, resume=resume and _has_checkpoint(cfg), aggregate_tests=aggregate
-                )
-            row.update({k: result[k] for k, _ in COLUMNS if k in result}, status="ok", history=result["history"])
-            row.update(result.get("prior_match", {}), pictures=result.get("pictures", {}))
-            if result.get("log_px_note"):
-                row["log_px_note"] = "none: no density (point-mass guide)"
-        except TrainingError as err:
-            row.update(status="diverged", error=str(err))
-        except KeyboardInterrupt:
-            rows.append({**row, "status": "interrupted", "error": "Ctrl-C; continue with --resume"})
-            rows += [{"variant": v[0], "status": "not run", "error": "Ctrl-C before it started"} for v in variants[i:]]
-            write_reports(rows, out, aggregate)
-            raise
-        except Exception as err:  # one broken variant must not stop the comparison
-            row.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=3))
-        rows.append(row)
+        tasks.append((label, name, variant_spec, cfg))
+    devices = list(devices or [])
+    if len(devices) > 1:
+        rows = _run_concurrently(tasks, devices, test_k, resume, aggregate, out, variants)
+    else:
+        rows = []
+        for j, (label, name, variant_spec, cfg) in enumerate(tasks):
+            if not config.progress:
+                print(label, flush=True)
+            try:
+                rows.append(run_variant(name, variant_spec, cfg, test_k, resume, aggregate))
+            except KeyboardInterrupt:
+                rows.append({"variant": name, "status": "interrupted", "error": "Ctrl-C; continue with --resume"})
+                rows += [{"variant": v[0], "status": "not run", "error": "Ctrl-C before it started"} for v in variants[j + 1 :]]
+                write_reports(rows, out, aggregate)
+                raise
     write_reports(rows, out, aggregate)
     return rows
+
+
+def run_variant(name: str, spec: dict, cfg: TrainConfig, test_k: int, resume: bool, aggregate: bool) -> dict:
+    """Train and score one variant; its table row (a failure or divergence is the row's status)."""
+    row: dict[str, Any] = {"variant": name, "objective": cfg.objective, "guide": spec["guide"], "model": spec["model"]}
+    try:
+        result = _finished(cfg) if resume else None
+        if result is None:
+            result = train_and_report(spec, cfg, test_k=test_k, resume=resume and _has_checkpoint(cfg), aggregate_tests=aggregate)
+        row.update({k: result[k] for k, _ in COLUMNS if k in result}, status="ok", history=result["history"])
+        row.update(result.get("prior_match", {}), pictures=result.get("pictures", {}))
+        if result.get("log_px_note"):
+            row["log_px_note"] = "none: no density (point-mass guide)"
+    except TrainingError as err:
+        row.update(status="diverged", error=str(err))
+    except Exception as err:  # one broken variant must not stop the comparison
+        row.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=3))
+    return row
+
+
+def _variant_in_worker(name, spec, cfg, test_k, resume, aggregate, threads) -> dict:
+    """:func:`run_variant` in a worker process of ``--jobs``/``--devices``, with its share of the CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        return run_variant(name, spec, cfg, test_k, resume, aggregate)
+    except KeyboardInterrupt:  # the checkpoint is saved; the parent marks the row
+        return {"variant": name, "status": "interrupted", "error": "Ctrl-C; continue with --resume"}
+
+
+def _run_concurrently(tasks, devices: list[str], test_k, resume, aggregate, out: Path, variants) -> list[dict]:
+    """One worker process per entry of ``devices`` (a device runs one variant at a time); the rows
+    come back in the variants' order, so the table is the one a sequential run writes."""
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // len(devices)) if all(d == "cpu" for d in devices) else 1
+    results: dict[int, dict] = {}
+    free, running, pending = list(devices), {}, list(enumerate(tasks))
+    pool = ProcessPoolExecutor(max_workers=len(devices), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        while pending or running:
+            while pending and free:
+                i, (label, name, spec, cfg) = pending.pop(0)
+                device = free.pop(0)
+                print(f"{label} (on {device})", flush=True)
+                cfg = replace(cfg, device=device, progress=False)
+                running[pool.submit(_variant_in_worker, name, spec, cfg, test_k, resume, aggregate, threads)] = (i, device)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i, device = running.pop(future)
+                free.append(device)
+                try:
+                    results[i] = future.result()
+                except Exception as err:  # the worker itself died (killed, out of memory)
+                    results[i] = {"variant": tasks[i][1], "status": "failed", "error": f"worker process: {err}"}
+                print(f"finished {tasks[i][0]}: {results[i]['status']}", flush=True)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=True, cancel_futures=True)  # the workers save their checkpoints on the same Ctrl-C
+        rows = [results.get(i) or {"variant": v[0], "status": "not run", "error": "Ctrl-C before it started"}
+                for i, v in enumerate(variants)]  # fmt: skip
+        write_reports(rows, out, aggregate)
+        raise
+    pool.shutdown()
+    return [results[i] for i in range(len(tasks))]
 
 
 def _has_checkpoint(cfg: TrainConfig) -> bool:

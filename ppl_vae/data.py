@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distributed import part
 from .names import BINARIZE_MODES
 
 EVAL_BINARIZE_SEED = 12345  # the one fixed binarisation of validation and test sets
@@ -359,13 +360,19 @@ class DeviceBatches:
 
     No host-device copy happens per step; :meth:`state` and :meth:`load_state` save
     and restore the order so a resumed run sees the same batches.
+
+    With ``world`` processes (torchrun) every rank draws the same order and binarisation,
+    takes global batches of ``world * batch_size`` points and yields its part ``rank`` of
+    each (:func:`ppl_vae.distributed.part`): together the ranks see what one process at
+    the global batch size would. ``batch_size`` is the global batch size.
     """
 
-    def __init__(self, x: torch.Tensor, batch_size: int, device, seed: int, dynamic: bool):
+    def __init__(self, x: torch.Tensor, batch_size: int, device, seed: int, dynamic: bool, rank: int = 0, world: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.x = x.to(device)
-        self.batch_size = batch_size
+        self.batch_size = batch_size * world
+        self.rank, self.world = rank, world
         self.dynamic = dynamic
         self.generator = torch.Generator(device=self.x.device).manual_seed(seed)
 
@@ -373,11 +380,12 @@ class DeviceBatches:
         return -(-self.x.shape[0] // self.batch_size)
 
     def epoch(self):
-        """Yield this epoch's batches; call once per epoch."""
+        """Yield this epoch's batches (this rank's part of each); call once per epoch."""
         x = torch.bernoulli(self.x, generator=self.generator) if self.dynamic else self.x
         perm = torch.randperm(x.shape[0], generator=self.generator, device=x.device)
         for start in range(0, x.shape[0], self.batch_size):
-            yield x[perm[start : start + self.batch_size]]
+            batch = x[perm[start : start + self.batch_size]]
+            yield part(batch, self.rank, self.world)
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()

@@ -13,6 +13,7 @@ with K; only a running log-sum-exp per point is kept.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import as_data_tensor
 from .sites import guess_max_plate_nesting, site_terms
 from .step import COMPILE_MODES, CaptureError, buffers_of, capture_graph, module_of, params_of, same_draws
@@ -185,6 +187,7 @@ def log_px(
     psis: bool = False,
     max_weights: int = 4_000_000,
     compile: str = "auto",
+    seed: int | None = None,
 ) -> LogPx:
     """Importance-sampling estimate of log p(x) per data point for any contract-following pair.
 
@@ -199,6 +202,12 @@ def log_px(
         compile: ``"on"`` runs each chunk as a graph compiled once per chunk shape
             (:class:`LogWeights`), ``"off"`` eagerly, ``"auto"`` compiled when ``K * N`` is at
             least :data:`AUTO_COMPILE_POINT_SAMPLES`. The draws are the same either way.
+        seed: draw each batch of points from its own seed (derived from ``seed`` and the
+            batch's index), leaving the global generators as they were: the estimate then
+            depends on the seed and the data only, not on what ran before nor on how many
+            processes share the work. Under torchrun the batches are dealt out to the ranks
+            and gathered, so every rank returns the single-process estimate (``seed``
+            defaults to 0 there).
     Returns:
         :class:`LogPx` with mean, standard errors and per-point estimates.
     """
@@ -216,35 +225,38 @@ def log_px(
     keep = bool(ladder) or psis
     if keep:
         batch_size = max(1, min(batch_size, max_weights // k))
-    estimates, rel_vars, ladders, k_hats = [], [], [], []
+    rank, world = distributed.rank(), distributed.world_size()
+    if world > 1 and seed is None:
+        seed = 0
     batches = list(_batches(x, batch_size))
+    mine = [i for i in range(len(batches)) if i % world == rank]
     chunks_per_batch = -(-k // chunk_k)
     # the bar advances by chunk of particles, not by batch: a large K moves it from the start
-    bar = tqdm(total=len(batches) * chunks_per_batch, desc=f"log p(x), K={k}", unit="chunk", disable=not progress, leave=False)
-    for xb in batches:
-        lse = torch.full((xb.shape[0],), -math.inf, device=xb.device)
-        lse2 = lse.clone()
-        done, kept = 0, []
-        while done < k:
-            kc = min(chunk_k, k - done)
-            lw = log_weights(xb, kc)
-            lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
-            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
-            if keep:
-                kept.append(lw)
-            done += kc
-            bar.update()
-        if keep:
-            all_w = torch.cat(kept)
-            ladders.append(iwae_ladder(all_w, [j for j in ladder if j <= k]))
-            if psis:
-                k_hats.append(pareto_k_hat(all_w))
-        est = lse - math.log(k)
-        # Var(mean w) / (mean w)^2 = (E[w^2] / E[w]^2 - 1) / K, the delta-method variance of log p^
-        rel_var = (torch.exp(lse2 - math.log(k) - 2 * est) - 1.0).clamp(min=0) / k
+    bar = tqdm(
+        total=len(mine) * chunks_per_batch, desc=f"log p(x), K={k}", unit="chunk", disable=not progress or rank > 0, leave=False
+    )
+    done_batches = {}
+    for i in mine:
+        with contextlib.ExitStack() as own_seed:
+            if seed is not None:
+                own_seed.enter_context(same_draws(x.device))
+                torch.manual_seed(seed * 1_000_003 + i)  # also seeds CUDA
+            done_batches[i] = _one_batch(batches[i], k, chunk_k, log_weights, ladder, psis, keep, bar)
+    bar.close()
+    if world > 1:  # every rank gets every batch's numbers (on the CPU), in order
+        gathered = {}
+        for part in distributed.all_gather_objects({i: _to_cpu(v) for i, v in done_batches.items()}):
+            gathered.update(part)
+        done_batches = {i: tuple(_to(v, x.device) for v in gathered[i]) for i in range(len(batches))}
+    estimates, rel_vars, ladders, k_hats = [], [], [], []
+    for i in range(len(batches)):
+        est, rel_var, lad, k_hat = done_batches[i]
         estimates.append(est)
         rel_vars.append(rel_var)
-    bar.close()
+        if lad is not None:
+            ladders.append(lad)
+        if k_hat is not None:
+            k_hats.append(k_hat)
     per_point = torch.cat(estimates)
     n = per_point.shape[0]
     se = float(per_point.std() / math.sqrt(n)) if n > 1 else float("nan")
@@ -253,6 +265,46 @@ def log_px(
     by_k = {j: float(torch.cat([lad[j] for lad in ladders]).mean()) for j in (ladders[0] if ladders else {})}
     k_hat = torch.cat(k_hats) if k_hats else None
     return LogPx(float(per_point.mean()), se, mc_se, k, n, per_point.cpu(), by_k, k_hat)
+
+
+def _to_cpu(value):
+    return _to(value, torch.device("cpu"))
+
+
+def _to(value, device):
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to(v, device) for key, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+def _one_batch(xb, k, chunk_k, log_weights, ladder, psis, keep, bar):
+    """One batch of points: (estimates, relative variances, IWAE ladder or None, k-hat or None)."""
+    lse = torch.full((xb.shape[0],), -math.inf, device=xb.device)
+    lse2 = lse.clone()
+    done, kept = 0, []
+    while done < k:
+        kc = min(chunk_k, k - done)
+        lw = log_weights(xb, kc)
+        lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
+        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+        if keep:
+            kept.append(lw)
+        done += kc
+        bar.update()
+    lad = k_hat = None
+    if keep:
+        all_w = torch.cat(kept)
+        lad = iwae_ladder(all_w, [j for j in ladder if j <= k])
+        if psis:
+            k_hat = pareto_k_hat(all_w)
+    est = lse - math.log(k)
+    # Var(mean w) / (mean w)^2 = (E[w^2] / E[w]^2 - 1) / K, the delta-method variance of log p^
+    rel_var = (torch.exp(lse2 - math.log(k) - 2 * est) - 1.0).clamp(min=0) / k
+    return est, rel_var, lad, k_hat
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Dataset, load_dataset
 from .device import seed_everything
@@ -100,7 +101,8 @@ def train_and_report(
     command: list[str] | None = None,
 ) -> dict:
     """Train per ``spec`` and ``config``, score the test set, write ``result.json`` and PNGs
-    into ``config.out``, and return the result (``aggregate_tests``: see :func:`score`)."""
+    into ``config.out``, and return the result (``aggregate_tests``: see :func:`score`). Under torchrun
+    every rank trains; rank 0 writes and returns the result, the others return None."""
     data = dataset_of(spec)
     config.meta = {**spec, "image_shape": list(data.image_shape)}
     seed_everything(config.seed)  # the networks' initial weights follow the seed too
@@ -115,6 +117,8 @@ def train_and_report(
     # with early stopping the run's answer is its best epoch (as Keras' restore_best_weights)
     scored_epoch = trainer.restore_best() if config.early_stop else None
     result = score(trainer, data, test_k, out=Path(config.out) if config.out else None, aggregate_tests=aggregate_tests)
+    if result is None:  # another rank than 0 under torchrun: its share of log p(x) is in rank 0's result
+        return None
     result["history"] = history
     result["step"] = trainer.step_fn.reason
     result["seconds_per_epoch"] = sum(r["seconds"] for r in history) / len(history)
@@ -130,10 +134,14 @@ def train_and_report(
     return result
 
 
-def score(trainer: Trainer, data: Dataset, k: int, out: Path | None, aggregate_tests: bool = False) -> dict:
+def score(trainer: Trainer, data: Dataset, k: int, out: Path | None, aggregate_tests: bool = False) -> dict | None:
     """Test-set scores; a guide with a point mass (a deterministic encoder) gets ``log_px: None``
     with the reason in ``log_px_note``, and only its distortion (reconstruction error) of the ELBO
-    terms. ``aggregate_tests`` adds the tests of q(z) against N(0, I) (``prior_match``)."""
+    terms. ``aggregate_tests`` adds the tests of q(z) against N(0, I) (``prior_match``).
+
+    log p(x) draws each batch of test points from the run's seed (the same estimate however many
+    processes share it); under torchrun the ranks share it and rank 0 alone computes the rest
+    and returns the result (None elsewhere)."""
     from .aggregate import aggregate_samples, prior_match_tests
     from .evaluate import NoDensityError
 
@@ -142,10 +150,12 @@ def score(trainer: Trainer, data: Dataset, k: int, out: Path | None, aggregate_t
     test_x = data.eval_x("test", trainer.device)
     start = time.perf_counter()
     try:
-        est = log_px(model, guide, test_x, k=k, progress=trainer.config.progress)
+        est = log_px(model, guide, test_x, k=k, progress=trainer.config.progress, seed=trainer.config.seed)
         note = None
     except NoDensityError as err:
         est, note = None, str(err)
+    if not distributed.is_main():
+        return None
     terms = elbo_terms(model, guide, test_x)
     result: dict[str, Any] = {
         "dataset": data.name,

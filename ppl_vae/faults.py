@@ -74,25 +74,32 @@ def check_output_folder(folder: str | os.PathLike, needed_bytes: int) -> Path:
 
 class InterruptGuard:
     """Turn the first SIGINT into a flag the loop reads at the next step boundary (so it can
-    save a checkpoint); a second SIGINT interrupts at once. A no-op outside the main thread."""
+    save a checkpoint); a second SIGINT interrupts at once. A no-op outside the main thread.
 
-    def __init__(self):
+    ``sigterm``: SIGTERM sets the flag too (and never interrupts at once). torchrun answers
+    Ctrl-C by sending its workers SIGTERM after the terminal's SIGINT; the ranks must still
+    agree on a step and save, not die in a collective.
+    """
+
+    def __init__(self, sigterm: bool = False):
         self.requested = False
-        self._previous = None
+        self.sigterm = sigterm
+        self._previous: dict = {}
 
     def _handler(self, signum, frame):
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for sig in (signal.SIGINT, signal.SIGTERM) if self.sigterm else (signal.SIGINT,):
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
 
 

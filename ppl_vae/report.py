@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .aggregate import aggregate_samples, elbo_surgery, prior_match_tests
 from .evaluate import NoDensityError, active_units, elbo_terms, log_px, posterior_means
 from .objectives import latent_kl
@@ -51,7 +52,7 @@ class Stages:
 
     @contextmanager
     def __call__(self, name: str):
-        if self.log is not None:
+        if self.log is not None and distributed.is_main():
             self.log(f"evaluate [{self.names.index(name) + 1}/{len(self.names)}] {name}")
         start = time.perf_counter()
         yield
@@ -80,19 +81,24 @@ def full_report(
     diagnostic_points: int = 500,
     progress: bool = False,
     log=None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Every number of the evaluation report for ``x`` (see the module docstring); ``log``
-    receives one line naming each stage as it starts."""
+    receives one line naming each stage as it starts. ``seed``: log p(x) draws each batch of
+    points from it (see :func:`ppl_vae.evaluate.log_px`); under torchrun the ranks share that
+    stage and rank 0 alone does the rest (the others return the log p(x) numbers only)."""
     start = time.perf_counter()
     stage = Stages(STAGES if out is not None else STAGES[:-1], log)
     ladder = sorted({j for j in LADDER if j < k} | {k})
     with stage(STAGES[0]):
         try:
-            est = log_px(model, guide, x, k=k, ladder=ladder, psis=True, progress=progress)
+            est = log_px(model, guide, x, k=k, ladder=ladder, psis=True, progress=progress, seed=seed)
             report: dict[str, Any] = est.as_dict()
             report["log_px_mc_se"] = report.pop("mc_se")
         except NoDensityError as err:  # a deterministic encoder: reconstruction and q(z) tests only
             est, report = None, {"log_px": None, "log_px_note": str(err), "n": x.shape[0], "k": None}
+    if not distributed.is_main():
+        return report
     with stage(STAGES[1]):
         terms = elbo_terms(model, guide, x)
     sub = x[:diagnostic_points]

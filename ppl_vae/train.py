@@ -25,6 +25,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DeviceBatches, as_data_tensor, check_data
 from .device import resolve_device, rng_state, seed_everything, set_rng_state
@@ -33,7 +34,7 @@ from .evaluate import NoDensityError, elbo_terms, log_px
 from .faults import DeferredGuard, InterruptGuard, all_finite, check_output_folder, check_pair_on_data, diagnose
 from .objectives import get_objective
 from .run_folder import write_metrics
-from .step import COMPILE_MODES, make_step, module_of
+from .step import COMPILE_MODES, buffers_of, make_step, module_of
 
 CHECKPOINT_NAME = "checkpoint.pt"
 NAN_POLICIES = ("stop", "skip", "off")
@@ -238,11 +239,18 @@ class Trainer:
         return Path(self.config.out) / CHECKPOINT_NAME if self.config.out else None
 
     def save(self, path: Path | None = None) -> Path | None:
-        """Write the checkpoint (atomically); at an epoch end ``batch_in_epoch`` is 0."""
+        """Write the checkpoint (atomically); at an epoch end ``batch_in_epoch`` is 0.
+
+        Under torchrun every rank calls it (their RNG states are gathered) and rank 0 writes.
+        """
         path = path or self._checkpoint_path()
         if path is None:
             return None
         assert self.optimizer is not None and self.scheduler is not None and self.epoch_order is not None
+        rngs = distributed.gather_objects(rng_state())
+        if not distributed.is_main():
+            return None
+        extra = {"world_size": len(rngs), "rng_ranks": rngs} if len(rngs) > 1 else {}
         return save_checkpoint(
             {
                 "config": asdict(self.config),
@@ -255,8 +263,9 @@ class Trainer:
                 "epoch_order": self.epoch_order.cpu(),
                 "epoch_total": (self.epoch_total if self.epoch_total is not None else torch.zeros(())).detach().cpu(),
                 "epoch_skipped": self.epoch_skipped,
-                "rng": rng_state(),
+                "rng": rngs[0],
                 "history": self.history,
+                **extra,
             },
             path,
         )
@@ -278,7 +287,15 @@ class Trainer:
         self.batch_in_epoch, self.epoch_order = state["batch_in_epoch"], state["epoch_order"]
         self.epoch_total = state["epoch_total"].to(self.device)
         self.epoch_skipped = state["epoch_skipped"]
-        set_rng_state(state["rng"])
+        saved_world, world = state.get("world_size", 1), distributed.world_size()
+        if saved_world != world:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {saved_world} process(es) and this run has {world}: the global batch "
+                f"and data order depend on it; resume with torchrun --nproc-per-node {saved_world}"
+                if saved_world > 1
+                else f"checkpoint {path} was written by {saved_world} process(es) and this run has {world}: resume without torchrun"
+            )
+        set_rng_state(state["rng_ranks"][distributed.rank()] if world > 1 else state["rng"])
 
     # ------------------------------------------------------------------ loop
 
@@ -299,8 +316,10 @@ class Trainer:
             raise ValueError("early stopping follows the validation log p(x): give validation data (val_x)")
         if cfg.tensorboard and not cfg.out:
             raise ValueError("tensorboard writes into the run folder: set out")
-        seed_everything(cfg.seed)
-        batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic)
+        rank, world = distributed.rank(), distributed.world_size()
+        main = rank == 0
+        seed_everything(cfg.seed + rank)  # each rank its own draws; one shared generator orders the data
+        batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic, rank=rank, world=world)
         first = batches.x[:2]
         self.refresh(batches.x)
         if dynamic:  # intensities, binarised on the device each epoch
@@ -310,7 +329,9 @@ class Trainer:
             val_x = val_x.to(self.device)
             check_pair_on_data(self.model, self.guide, val_x, "validation data")
         self._capture_params(torch.bernoulli(first) if dynamic else first)
-        if cfg.out:
+        # every rank starts from rank 0's parameters and buffers, as DDP's constructor makes them
+        distributed.broadcast_tensors(list(self.params.values()) + buffers_of(self.model, self.guide))
+        if cfg.out and main:
             check_output_folder(cfg.out, needed_bytes=3 * sum(p.numel() * p.element_size() for p in self.params.values()) + 2**20)
         if resume:
             self._resume()
@@ -328,19 +349,23 @@ class Trainer:
             log=tqdm.write,
         )
         defer = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and self.step_fn.compiled and self.device.type == "cuda")
+        if world > 1:
+            self.step_fn = distributed.DistributedStep(self.step_fn, params, self.device, nan_as_loss=cfg.nan_policy != "off")
         self.deferred = DeferredGuard(self.optimizer, params) if defer and cfg.nan_policy != "off" else None
         if self.deferred is not None:
             self.deferred.epoch_bad.fill_(self.epoch_skipped)  # a resumed epoch keeps its count
-        self.tensorboard = TensorBoardLog(cfg.out, self.epoch) if cfg.tensorboard else None
+        self.tensorboard = TensorBoardLog(cfg.out, self.epoch) if cfg.tensorboard and main else None
         bar = tqdm(
             total=cfg.epochs * len(batches),
             initial=self.epoch * len(batches) + self.batch_in_epoch,
-            disable=not cfg.progress,
+            disable=not cfg.progress or not main,
             desc=cfg.meta.get("progress_label", "train"),
             unit="step",
         )
         try:
-            with InterruptGuard() as guard:
+            with InterruptGuard(sigterm=world > 1) as guard:
+                if world > 1:
+                    self.step_fn.stop_requested = lambda: guard.requested
                 while self.epoch < cfg.epochs and not self._patience_ran_out():
                     self._run_epoch(batches, val_x, guard, bar)
         finally:
@@ -372,10 +397,11 @@ class Trainer:
         if best is None:
             return False
         self.stopped_early = best["epoch"]
-        tqdm.write(
-            f"early stop after epoch {self.epoch}: {MONITOR_NAMES[monitor]} has not improved for {self.epoch - best['epoch']} "
-            f"epochs (patience {self.config.early_stop}); the best, {best[monitor]:.2f} at epoch {best['epoch']}, is in best.pt"
-        )
+        if distributed.is_main():
+            tqdm.write(
+                f"early stop after epoch {self.epoch}: {MONITOR_NAMES[monitor]} has not improved for {self.epoch - best['epoch']} "
+                f"epochs (patience {self.config.early_stop}); the best, {best[monitor]:.2f} at epoch {best['epoch']}, is in best.pt"
+            )
         return True
 
     def _run_epoch(self, batches: DeviceBatches, val_x, guard: InterruptGuard, bar) -> None:
@@ -443,8 +469,8 @@ class Trainer:
         }
         if self.epoch_skipped:
             row["skipped_batches"] = self.epoch_skipped
-        if val_x is not None:
-            row.update(self.validate(val_x))
+        if val_x is not None:  # every rank keeps rank 0's row (early stopping reads the history)
+            row = distributed.broadcast_object({**row, **self.validate(val_x)})
         self.history.append(row)
         bar.set_postfix({k: round(v, 2) for k, v in row.items() if k.startswith(("train_loss", "val_elbo", "val_log_px"))})
         self.batch_in_epoch, self.epoch_order = 0, batches.state()
@@ -457,9 +483,9 @@ class Trainer:
             write_metrics(self.history, cfg.out)
         if self.tensorboard is not None:
             self.tensorboard.write(row)
-        if cfg.epoch_lines:
+        if cfg.epoch_lines and distributed.is_main():
             print(epoch_line(row, cfg.epochs), flush=True)
-        if guard.requested:
+        if distributed.any_rank(guard.requested, self.device):
             raise Interrupted(self._checkpoint_path())
 
     def _step_or_refused(self, xb: torch.Tensor) -> torch.Tensor | None:
@@ -472,13 +498,22 @@ class Trainer:
                 raise
             return None
 
+    def _stop_now(self, guard: InterruptGuard) -> bool:
+        """Ctrl-C seen at this step boundary; under torchrun the ranks' agreed answer, read with
+        the NaN guard's own host reads (every step, or every DEFERRED_READ_EVERY when deferred)."""
+        if not isinstance(self.step_fn, distributed.DistributedStep):
+            return guard.requested
+        if self.deferred is not None and self.step % DEFERRED_READ_EVERY:
+            return False
+        return self.step_fn.agreed_stop()
+
     def _after_step(self, bar, guard: InterruptGuard, cfg: TrainConfig) -> None:
         self.step += 1
         self.batch_in_epoch += 1
         bar.update()
         if self.deferred is not None and self.step % DEFERRED_READ_EVERY == 0:
             self._read_deferred()
-        if guard.requested:
+        if self._stop_now(guard):
             self._read_deferred()
             raise Interrupted(self.save())
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -529,8 +564,8 @@ class Trainer:
         row = {"val_elbo": terms.elbo, "val_rate": terms.rate, "val_distortion": terms.distortion}
         every = self.config.eval_every
         if every and (self.epoch % every == 0 or self.epoch == self.config.epochs):
-            try:
-                est = log_px(self.model, self.guide, val_x, k=self.config.eval_k)
+            try:  # drawn from its own seed (the same however many ranks share the points)
+                est = log_px(self.model, self.guide, val_x, k=self.config.eval_k, seed=self.config.seed + self.epoch)
             except NoDensityError:  # a deterministic encoder: no log p(x) to estimate
                 return row
             row.update(val_log_px=est.log_px, val_log_px_se=est.log_px_se, val_k=est.k)
