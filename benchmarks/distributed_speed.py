@@ -61,12 +61,16 @@ def main(args) -> dict:
         for name, rs in rows.items()
     }
     base = summary["1 process"]["seconds_per_epoch"]
-    print(f"{args.dataset}, {args.objective}, global batch {global_batch}, {args.epochs} epochs, {cores} CPU cores, {args.device}")
+    print(
+        f"{args.dataset}, {args.objective}, global batch {global_batch}, {args.epochs} epochs, {cores} CPU cores, {args.device}"
+    )
     print("| processes | batch per process | s/epoch (median) | speed-up | wall s (with start-up and test score) | step |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, s in summary.items():
         per = global_batch if name == "1 process" else args.batch
-        print(f"| {name} | {per} | {s['seconds_per_epoch']:.3f} | {base / s['seconds_per_epoch']:.2f}× | {s['wall_seconds']:.1f} | {s['step']} |")
+        print(
+            f"| {name} | {per} | {s['seconds_per_epoch']:.3f} | {base / s['seconds_per_epoch']:.2f}× | {s['wall_seconds']:.1f} | {s['step']} |"
+        )
     out = {"args": vars(args), "cores": cores, "summary": summary, "rounds": rows}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(out, indent=2))
