@@ -72,8 +72,8 @@ def main(args) -> dict:
             f"| {name} | {per} | {s['seconds_per_epoch']:.3f} | {base / s['seconds_per_epoch']:.2f}× | {s['wall_seconds']:.1f} | {s['step']} |"
         )
     out = {"args": vars(args), "cores": cores, "summary": summary, "rounds": rows}
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(out, indent=2))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -90,5 +90,5 @@ if __name__ == "__main__":
     p.add_argument("--objective", default="elbo")
     p.add_argument("--compile", default="off")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--results", default="benchmarks/results/distributed_speed-cpu.json")
+    p.add_argument("--json", default="benchmarks/results/distributed_speed-cpu.json", help="where the raw numbers go")
     main(p.parse_args())

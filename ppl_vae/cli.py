@@ -149,6 +149,14 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         "--eval-every 0), and score the best epoch; best.pt always holds the best epoch (default: 0, never stop early)",
     )
     p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0,
+        metavar="MINUTES",
+        help="stop cleanly after this many minutes, as on Ctrl-C (checkpoint saved; --resume continues exactly); for "
+        "machines lent for a while (default: 0, no limit)",
+    )
+    p.add_argument(
         "--tensorboard",
         action="store_true",
         help="also write the per-epoch metrics to OUT/tensorboard for TensorBoard (needs: pip install tensorboard)",

@@ -97,5 +97,6 @@ def spec_and_config(args, objective: str):
         nan_check=args.nan_check,
         early_stop=args.early_stop,
         tensorboard=args.tensorboard,
+        time_limit=60 * args.time_limit,
     )
     return spec, config

@@ -45,15 +45,25 @@ NAN_CHECKS = ("auto", "step", "deferred")
 DEFERRED_READ_EVERY = 100
 
 
+def stage_lr(stages: list, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch`` under ``[[epochs, lr], ...]`` (the last rate after the last stage)."""
+    end = 0
+    for epochs, lr in stages:
+        end += epochs
+        if epoch < end:
+            return lr
+    return stages[-1][1]
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, say); the message says where it stopped."""
 
 
 class Interrupted(KeyboardInterrupt):
-    """Training stopped on Ctrl-C after saving a checkpoint (``path``)."""
+    """Training stopped on Ctrl-C (or at ``TrainConfig.time_limit``) after saving a checkpoint (``path``)."""
 
-    def __init__(self, path):
-        super().__init__(f"interrupted; checkpoint saved at {path}" if path else "interrupted (no output folder: nothing saved)")
+    def __init__(self, path, why: str = "interrupted"):
+        super().__init__(f"{why}; checkpoint saved at {path}" if path else f"{why} (no output folder: nothing saved)")
         self.path = path
 
 
@@ -70,7 +80,11 @@ class TrainConfig:
     training once that many epochs have passed since the best validation log p(x) (the
     validation ELBO when ``eval_every`` is 0); 0 = never. The best epoch's checkpoint is kept
     as ``best.pt`` beside ``checkpoint.pt`` either way. ``tensorboard``: also write the
-    per-epoch metrics as TensorBoard scalars into ``out/tensorboard``.
+    per-epoch metrics as TensorBoard scalars into ``out/tensorboard``. ``adam_eps``: Adam's
+    epsilon. ``lr_stages``: ``[[epochs, lr], ...]``, a piecewise-constant learning rate (the
+    first ``epochs`` at ``lr``, and so on; the last rate after the last stage), in place of
+    ``lr``/``lr_decay``. ``time_limit``: seconds after which training stops at the next step
+    as on Ctrl-C (checkpoint saved; resume continues exactly), 0 = none.
     """
 
     epochs: int = 10
@@ -91,6 +105,9 @@ class TrainConfig:
     epoch_lines: bool = False
     early_stop: int = 0
     tensorboard: bool = False
+    adam_eps: float = 1e-8
+    lr_stages: list | None = None
+    time_limit: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -109,6 +126,16 @@ class TrainConfig:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got '{self.nan_policy}'")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got '{self.compile}'")
+        if self.lr_stages is not None:
+            self.lr_stages = [[int(e), float(lr)] for e, lr in self.lr_stages]
+            if not self.lr_stages or any(e < 1 or not lr > 0 for e, lr in self.lr_stages):
+                raise ValueError(f"lr_stages must be [[epochs >= 1, lr > 0], ...], got {self.lr_stages}")
+            if self.lr_decay != 1.0:
+                raise ValueError("give lr_stages or lr_decay, not both")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be positive, got {self.adam_eps}")
+        if self.time_limit < 0:
+            raise ValueError(f"time_limit must be 0 (none) or positive seconds, got {self.time_limit}")
         if self.early_stop < 0:
             raise ValueError(f"early_stop must be 0 (never) or a positive number of epochs, got {self.early_stop}")
         if self.nan_check not in NAN_CHECKS:
@@ -119,7 +146,7 @@ class TrainConfig:
         d = asdict(self)
         for key in (
             "epochs", "progress", "out", "device", "eval_every", "eval_k", "checkpoint_every", "nan_policy", "compile", "nan_check",
-            "epoch_lines", "early_stop", "tensorboard",
+            "epoch_lines", "early_stop", "tensorboard", "time_limit",
         ):  # fmt: skip
             d.pop(key)
         return d
@@ -187,6 +214,7 @@ class Trainer:
         self.step_fn: Any = None  # EagerStep or CompiledStep, chosen in fit()
         self.deferred: DeferredGuard | None = None
         self.tensorboard: TensorBoardLog | None = None
+        self.deadline: float | None = None
         self.stopped_early: int | None = None  # the best epoch, when early stopping ended training
         self.best_params: dict[str, torch.Tensor] | None = None  # the best epoch's parameters (this process)
         _start_from_an_empty_param_store()
@@ -212,7 +240,9 @@ class Trainer:
         _TRAINER_PARAMS.update(pyro.get_param_store().keys())
         # capturable on CUDA: the step counter lives on the device, so no update reads the host
         capturable = self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.params.values(), lr=self.config.lr, capturable=capturable)
+        self.optimizer = torch.optim.Adam(
+            self.params.values(), lr=self.config.lr, eps=self.config.adam_eps, capturable=capturable
+        )
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.config.lr_decay)
 
     def state_dict(self) -> dict:
@@ -355,6 +385,7 @@ class Trainer:
         if self.deferred is not None:
             self.deferred.epoch_bad.fill_(self.epoch_skipped)  # a resumed epoch keeps its count
         self.tensorboard = TensorBoardLog(cfg.out, self.epoch) if cfg.tensorboard and main else None
+        self.deadline = time.monotonic() + cfg.time_limit if cfg.time_limit else None
         bar = tqdm(
             total=cfg.epochs * len(batches),
             initial=self.epoch * len(batches) + self.batch_in_epoch,
@@ -365,7 +396,7 @@ class Trainer:
         try:
             with InterruptGuard(sigterm=world > 1) as guard:
                 if world > 1:
-                    self.step_fn.stop_requested = lambda: guard.requested
+                    self.step_fn.stop_requested = lambda: guard.requested or self._past_deadline()
                 while self.epoch < cfg.epochs and not self._patience_ran_out():
                     self._run_epoch(batches, val_x, guard, bar)
         finally:
@@ -413,6 +444,9 @@ class Trainer:
             self.epoch_total, self.epoch_skipped = torch.zeros((), device=self.device), 0
             if self.deferred is not None:
                 self.deferred.new_epoch()
+        if cfg.lr_stages:
+            for group in self.optimizer.param_groups:
+                group["lr"] = stage_lr(cfg.lr_stages, self.epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         set_progress = getattr(self.objective, "set_progress", None)  # schedules (KL warm-up)
         self.set_training(True)
@@ -498,11 +532,15 @@ class Trainer:
                 raise
             return None
 
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
     def _stop_now(self, guard: InterruptGuard) -> bool:
-        """Ctrl-C seen at this step boundary; under torchrun the ranks' agreed answer, read with
-        the NaN guard's own host reads (every step, or every DEFERRED_READ_EVERY when deferred)."""
+        """Ctrl-C (or the time limit) seen at this step boundary; under torchrun the ranks' agreed
+        answer, read with the NaN guard's own host reads (every step, or every DEFERRED_READ_EVERY
+        when deferred)."""
         if not isinstance(self.step_fn, distributed.DistributedStep):
-            return guard.requested
+            return guard.requested or self._past_deadline()
         if self.deferred is not None and self.step % DEFERRED_READ_EVERY:
             return False
         return self.step_fn.agreed_stop()
@@ -515,7 +553,12 @@ class Trainer:
             self._read_deferred()
         if self._stop_now(guard):
             self._read_deferred()
-            raise Interrupted(self.save())
+            raise Interrupted(
+                self.save(),
+                f"stopped at the time limit ({self.config.time_limit:g} s)"
+                if self._past_deadline() and not guard.requested
+                else "interrupted",
+            )
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self._read_deferred()  # no checkpoint of a state the guard has not cleared
             self.save()

@@ -143,3 +143,40 @@ def test_a_pair_without_parameters_is_refused(digits):
 
     with pytest.raises(ValueError, match="no parameters"):
         Trainer(model, guide, _config()).fit(*digits)
+
+
+def test_learning_rate_stages_and_adam_epsilon(digits):
+    from ppl_vae.train import stage_lr
+
+    stages = [[1, 1e-3], [3, 1e-3 * 10 ** (-1 / 7)], [9, 1e-3 * 10 ** (-2 / 7)]]  # Burda et al.'s first stages
+    assert [stage_lr(stages, e) for e in (0, 1, 3, 4, 12, 13, 99)] == [1e-3, stages[1][1], stages[1][1]] + [stages[2][1]] * 4
+    train_x, val_x = digits
+    trainer = Trainer(*_pair(), _config(epochs=5, lr_stages=[[1, 1e-3], [3, 1e-4]], adam_eps=1e-4))
+    history = trainer.fit(train_x, val_x, dynamic=True)
+    assert [r["lr"] for r in history] == [1e-3, 1e-4, 1e-4, 1e-4, 1e-4]
+    assert trainer.optimizer.param_groups[0]["eps"] == 1e-4
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(lr_stages=[[1, 1e-3]], lr_decay=0.9)
+    with pytest.raises(ValueError, match="lr_stages"):
+        TrainConfig(lr_stages=[[0, 1e-3]])
+
+
+def test_a_run_cut_into_pieces_by_a_time_limit_ends_where_the_whole_run_ends(tmp_path, digits):
+    from ppl_vae.train import Interrupted
+
+    train_x, val_x = digits
+    whole = Trainer(*_pair(), _config(tmp_path / "whole", epochs=3, batch_size=10))
+    whole.fit(train_x, val_x, dynamic=True)
+    pieces = 0
+    while True:  # each piece stops after 0.2 s, mid-epoch, and the next one resumes it
+        trainer = Trainer(*_pair(), _config(tmp_path / "cut", epochs=3, batch_size=10, time_limit=0.2))
+        try:
+            trainer.fit(train_x, val_x, dynamic=True, resume=(tmp_path / "cut" / "checkpoint.pt").exists())
+            break
+        except Interrupted as stop:
+            assert "stopped at the time limit (0.2 s)" in str(stop)
+            pieces += 1
+            assert pieces < 50
+    assert pieces >= 1
+    for name, p in whole.params.items():
+        assert torch.equal(p, trainer.params[name]), name
