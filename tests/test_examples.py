@@ -42,6 +42,23 @@ BENCH_TINY = {
     "train_speed.py": ["--cases", "vae100", "--epochs", "2", "--rounds", "1", "--n", "200", "--no-pythae", "--device", "cpu"],
     "log_px_speed.py": ["--n", "20", "--k", "20", "--chunk-k", "10", "--batch", "10", "--rounds", "1", "--device", "cpu"],
     "distributed_speed.py": ["--dataset", "digits", "--epochs", "2", "--rounds", "1", "--hidden", "16", "--batch", "25"],
+    "reproduce_iwae.py": [
+        "--cell",
+        "1L-iwae5",
+        "--dataset",
+        "mnist5k",
+        "--passes",
+        "1",
+        "--test-k",
+        "5",
+        "--test-n",
+        "20",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        "{tmp}",
+    ],
 }
 
 
@@ -53,7 +70,7 @@ def test_every_benchmark_is_smoke_tested():
 def test_benchmark_runs(name, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / name), *BENCH_TINY[name], "--json", str(out)],
+        [sys.executable, str(BENCHMARKS / name), *(a.format(tmp=tmp_path) for a in BENCH_TINY[name]), "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,0 +1,208 @@
+"""Burda, Grosse & Salakhutdinov (2016), Table 1: MNIST negative test log-likelihood (nats), on the
+paper's protocol, one cell per command, in pieces that resume exactly.
+
+Protocol: dynamic binarisation of MNIST's 60,000 training images (pixels resampled every pass);
+the 10,000 test images binarised once, Bernoulli(intensity) with the package's fixed seed
+(``ppl_vae.data.EVAL_BINARIZE_SEED``; the paper says only that the data were binarised
+stochastically); tanh networks; 1 stochastic layer: x-200-200-z(50), decoder mirrored;
+2 stochastic layers: x-200-200-z1(100)-100-100-z2(50), decoder mirrored (the package's
+``HierarchicalVAE`` defaults); Bernoulli likelihood; Adam (0.9, 0.999, eps 1e-4), minibatch 20,
+3^i passes at learning rate 0.001·10^(-i/7) for i = 0..7 (3,280 passes); log p(x) with
+K = 5,000 on all test images; active units by Cov_x E_q[u] > 0.01.
+
+    # one cell, in pieces: each piece stops cleanly after --minutes and the same command continues it
+    python benchmarks/reproduce_iwae.py --cell 2L-iwae50 --data-dir ../shared/data --out runs/iwae --minutes 9
+    # a stated reduced budget, the same for every cell (the first P passes of the schedule)
+    python benchmarks/reproduce_iwae.py --cell 1L-vae1 --passes 13 --data-dir ../shared/data --out runs/iwae
+    # the table of every finished cell
+    python benchmarks/reproduce_iwae.py --table --out runs/iwae
+
+Exit status: 0 when the cell is finished and scored, 3 when a piece stopped at --minutes (run
+the same command again), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# negative test log-likelihood in nats, Burda et al. (2016) Table 1 (MNIST)
+PAPER = {
+    "1L-vae1": 86.76, "1L-vae5": 86.47, "1L-vae50": 86.35, "1L-iwae5": 85.54, "1L-iwae50": 84.78,
+    "2L-vae1": 85.33, "2L-vae5": 85.01, "2L-vae50": 84.78, "2L-iwae5": 83.89, "2L-iwae50": 82.90,
+}  # fmt: skip
+OBJECTIVES = {"vae1": "elbo", "vae5": "elbo:k=5", "vae50": "elbo:k=50", "iwae5": "iwae:k=5", "iwae50": "iwae:k=50",
+              "dreg50": "dreg:k=50"}  # fmt: skip
+CELLS = {f"{layers}L-{name}": (layers, objective) for layers in (1, 2) for name, objective in OBJECTIVES.items()}
+SCHEDULE = [[3**i, 1e-3 * 10 ** (-i / 7)] for i in range(8)]  # [passes, learning rate]
+FULL_PASSES = sum(p for p, _ in SCHEDULE)  # 3,280
+
+
+def build_pair(layers: int):
+    from ppl_vae.guides import HierarchicalGuide, MeanFieldGuide
+    from ppl_vae.models import VAE, HierarchicalVAE
+
+    if layers == 1:
+        net = dict(x_dim=784, z_dim=50, hidden=(200, 200), activation="tanh")
+        return VAE(**net), MeanFieldGuide(**net)
+    return HierarchicalVAE(x_dim=784), HierarchicalGuide(x_dim=784)
+
+
+def load(args):
+    """(training intensities: all 60,000, binarised afresh each pass; the test set binarised once)."""
+    import torch
+
+    from ppl_vae.data import load_dataset
+
+    data = load_dataset(args.dataset, data_dir=args.data_dir, binarize="dynamic")
+    train = torch.cat([data.train.x, data.val.x])  # the loader holds 10,000 out for validation; the paper trains on all
+    test = data.eval_x("test")
+    if args.test_n:
+        test = test[: args.test_n]
+    return train, test
+
+
+def run_cell(args) -> int:
+    from ppl_vae import TrainConfig, Trainer, log_px
+    from ppl_vae.device import seed_everything
+    from ppl_vae.evaluate import active_units, elbo_terms
+    from ppl_vae.experiment import provenance, write_json
+    from ppl_vae.train import Interrupted
+
+    layers, objective = CELLS[args.cell]
+    out = Path(args.out) / args.cell
+    done = out / "result.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+        if result["passes"] == args.passes and result["k"] == args.test_k:
+            print(f"{args.cell}: finished already ({result['nll']:.2f} ± {result['nll_se']:.2f} nats); {done}")
+            return 0
+    train_x, test_x = load(args)
+    seed_everything(args.seed)
+    model, guide = build_pair(layers)
+    config = TrainConfig(
+        epochs=args.passes,
+        batch_size=20,
+        lr=SCHEDULE[0][1],
+        adam_eps=1e-4,
+        lr_stages=SCHEDULE,
+        seed=args.seed,
+        device=args.device,
+        objective=objective,
+        eval_every=0,
+        out=str(out),
+        progress=not args.no_progress,
+        epoch_lines=args.no_progress,
+        compile=args.compile,
+        time_limit=60 * args.minutes,
+        meta={"cell": args.cell, "dataset": args.dataset},
+    )
+    trainer = Trainer(model, guide, config)
+    start = time.perf_counter()
+    try:
+        trainer.fit(train_x, dynamic=True, resume=(out / "checkpoint.pt").exists())
+    except Interrupted as stop:
+        print(f"{args.cell}: {stop}; pass {trainer.epoch} of {args.passes}: run the same command to continue")
+        return 3
+    trainer.set_training(False)
+    test_x = test_x.to(trainer.device)
+    start_eval = time.perf_counter()
+    est = log_px(trainer.model, trainer.guide, test_x, k=args.test_k, seed=args.seed, progress=not args.no_progress)
+    eval_seconds = time.perf_counter() - start_eval
+    units = active_units(trainer.model, trainer.guide, test_x)
+    terms = elbo_terms(trainer.model, trainer.guide, test_x)
+    result = {
+        "cell": args.cell,
+        "objective": objective,
+        "layers": layers,
+        "paper_nll": PAPER.get(args.cell),
+        "nll": -est.log_px,
+        "nll_se": est.log_px_se,
+        "mc_se": est.mc_se,
+        "k": est.k,
+        "n_test": est.n,
+        "test_elbo": terms.elbo,
+        "active_units": {k: v for k, v in units.items() if k != "dims"},
+        "passes": trainer.epoch,
+        "full_passes": FULL_PASSES,
+        "steps": trainer.step,
+        "train_seconds": sum(r["seconds"] for r in trainer.history),
+        "this_piece_seconds": time.perf_counter() - start,
+        "eval_seconds": eval_seconds,
+        "step": trainer.step_fn.reason,
+        "dataset": args.dataset,
+        "test_binarization": "Bernoulli(intensity) once, seed ppl_vae.data.EVAL_BINARIZE_SEED",
+        "device": str(trainer.device),
+        **provenance(trainer.device),
+    }
+    write_json(result, done)
+    print(
+        f"{args.cell}: -log p(x) = {result['nll']:.2f} ± {result['nll_se']:.2f} nats (K={est.k}, {est.n} test images; "
+        f"paper {result['paper_nll']}), {trainer.epoch} passes, active units {units['total']} of {units['dims']}; {done}"
+    )
+    return 0
+
+
+def table(args) -> int:
+    rows = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*/result.json"))]
+    if not rows:
+        print(f"no finished cell under {args.out}", file=sys.stderr)
+        return 2
+    lines = [
+        "| cell | objective | paper −log p(x) | ours −log p(x) ± SE | gap | passes | K × test images | active units | device | train time | eval time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    order = {name: i for i, name in enumerate(CELLS)}
+    for r in sorted(rows, key=lambda r: order.get(r["cell"], 99)):
+        paper = r.get("paper_nll")
+        gap = f"{r['nll'] - paper:+.2f}" if paper else ""
+        units = ", ".join(f"{k} {v}" for k, v in r["active_units"].items() if k != "total")
+        lines.append(
+            f"| {r['cell']} | {r['objective']} | {paper or '—'} | {r['nll']:.2f} ± {r['nll_se']:.2f} | {gap} | "
+            f"{r['passes']} of {r['full_passes']} | {r['k']} × {r['n_test']} | {units} | {r['device_name']} | "
+            f"{r['train_seconds'] / 60:.1f} min | {r['eval_seconds']:.0f} s |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.table_md:
+        Path(args.table_md).write_text(text + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cell", choices=sorted(CELLS), help="which cell of the table to train and score")
+    p.add_argument("--table", action="store_true", help="print the table of every finished cell under --out")
+    p.add_argument("--table-md", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--out", default="runs/iwae", help="one folder per cell under it (default: runs/iwae)")
+    p.add_argument("--dataset", default="mnist", help="mnist (from --data-dir, the protocol) or mnist5k (a smoke test)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--passes", type=int, default=FULL_PASSES, help=f"the first P passes of the schedule (default: all {FULL_PASSES})"
+    )
+    p.add_argument("--test-k", type=int, default=5000, help="importance samples per test image (default: 5000)")
+    p.add_argument("--test-n", type=int, default=0, help="score only the first N test images (default: all)")
+    p.add_argument("--minutes", type=float, default=0, help="stop this piece cleanly after so many minutes (default: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", default=None, help="also write the finished cell's result here")
+    args = p.parse_args(argv)
+    if args.table:
+        return table(args)
+    if not args.cell:
+        p.error("give --cell NAME (or --table)")
+    if not 1 <= args.passes <= FULL_PASSES:
+        p.error(f"--passes must be between 1 and {FULL_PASSES}")
+    status = run_cell(args)
+    if status == 0 and args.json:
+        Path(args.json).write_text((Path(args.out) / args.cell / "result.json").read_text())
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
