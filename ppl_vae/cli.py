@@ -372,7 +372,7 @@ def cmd_evaluate(args) -> int:
     from . import distributed
     from .experiment import format_table, provenance, write_json
     from .report import full_report
-    from .report_text import markdown_report, terminal_report
+    from .report_text import UNITS, markdown_report, terminal_report
     from .run_folder import evaluation_folder
 
     if args.k < 1:
@@ -422,7 +422,7 @@ def cmd_evaluate(args) -> int:
         written.append(str(html_report(report, title, out / "evaluation.html")))
     pairs, notes = terminal_report(report)
     print(format_table([("data / model", title), ("device", str(trainer.device))] + pairs))
-    print("\nHow to read it:\n" + "\n".join(notes))
+    print(f"\nHow to read it (values in {UNITS}):\n" + "\n".join(notes))
     if report.get("inference_data"):
         written.append(report["inference_data"])
     print(f"wrote {', '.join(written)} and pictures {', '.join(report.get('pictures', {}).values())}")
