@@ -194,3 +194,57 @@ def test_ctrl_c_and_a_killed_rank_leave_a_checkpoint_that_resumes(tmp_path):
     assert after["step"] >= state["step"]
     done = torchrun(*args[:-4], "--epochs", str(after["epoch"] + 1), "--out", str(out), "--resume")
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == after["epoch"] + 1 and done.returncode == 0
+
+
+def _train_on_two_ranks(rank, init_file, queue):
+    """A pair with a module registered by pyro.module and a bare pyro.param, each rank
+    initialised differently: after training every rank holds rank 0's start, moved alike."""
+    import pyro
+    import pyro.distributions as dist
+    import torch.distributed as tdist
+    from torch import nn
+
+    from ppl_vae import TrainConfig, Trainer
+    from ppl_vae.data import load_dataset
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    pyro.set_rng_seed(rank)  # different initial weights on each rank
+    decoder = nn.Linear(2, 64)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x):
+        w = pyro.param("w", lambda: 0.01 * torch.randn(64, 2))
+        scale = pyro.param("scale", lambda: torch.ones(2), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ w, scale).to_event(1))
+
+    data = load_dataset("digits")
+    trainer = Trainer(model, guide, TrainConfig(epochs=1, batch_size=20, eval_every=0, progress=False, device="cpu"))
+    trainer.fit(data.train.x[:200], dynamic=True)
+    params = {name: p.detach().clone() for name, p in trainer.params.items()}
+    everyone = [None, None]
+    tdist.all_gather_object(everyone, params)
+    if rank == 0:
+        same = all(torch.equal(everyone[0][n], everyone[1][n]) for n in params)
+        queue.put((sorted(params), same, trainer.step))
+    tdist.destroy_process_group()
+
+
+def test_every_rank_holds_the_same_parameters_pyro_module_and_pyro_param_alike(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_train_on_two_ranks, args=(r, tmp_path / "init", queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    names, same, steps = queue.get(timeout=5)
+    assert names == ["decoder$$$bias", "decoder$$$weight", "scale", "w"] and same and steps == 5
