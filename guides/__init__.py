@@ -14,6 +14,7 @@ GUIDES = {
     "hierarchical": HierarchicalGuide,
     "deterministic": DeterministicGuide,
     **{flow: partial(FlowGuide, flow=flow) for flow in FLOWS},
+    "hierarchical_iaf": partial(HierarchicalGuide, flow="iaf"),
 }
 
 __all__ = ["FLOWS", "GUIDES", "DeterministicGuide", "FlowGuide", "FullCovGuide", "HierarchicalGuide", "MeanFieldGuide"]

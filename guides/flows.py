@@ -46,8 +46,68 @@ def _make_step(flow: str, z_dim: int, context_dim: int, flow_hidden: Sequence[in
     raise ValueError(f"unknown flow '{flow}'; known: {', '.join(FLOWS)}")
 
 
-class FlowGuide(nn.Module):
-    """Diagonal Gaussian encoder followed by ``num_flows`` conditional flow steps.
+class FlowHead(nn.Module):
+    """q(z | h): a diagonal Gaussian from a network of ``h``, refined by ``num_flows`` conditional
+    flow steps that read a context vector the same network emits (one latent layer of a guide).
+
+    Args:
+        in_dim, z_dim: input and latent dimensions.
+        hidden: the network's hidden widths.
+        flow: ``"iaf"``, ``"planar"``, ``"radial"`` or ``"householder"``.
+        num_flows: number of flow steps.
+        flow_hidden: hidden widths of each step's network (MADE for IAF).
+        context_dim: size of the context vector the network emits.
+        network: ``"mlp"`` or ``"conv"`` (28x28 images).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        z_dim: int,
+        hidden: Sequence[int],
+        flow: str = "iaf",
+        num_flows: int = 2,
+        flow_hidden: Sequence[int] | None = None,
+        context_dim: int | None = None,
+        activation: str = "relu",
+        network: str = "mlp",
+    ):
+        super().__init__()
+        if flow not in FLOWS:
+            raise ValueError(f"unknown flow '{flow}'; known: {', '.join(FLOWS)}")
+        if num_flows < 1:
+            raise ValueError(f"num_flows must be at least 1, got {num_flows}")
+        self.z_dim, self.flow = z_dim, flow
+        self.context_dim = context_dim or max(z_dim, 8)
+        flow_hidden = list(flow_hidden) if flow_hidden is not None else [max(4 * z_dim, 32)]
+        self.encoder = make_encoder(network, in_dim, list(hidden), 2 * z_dim + self.context_dim, activation)
+        self.steps = nn.ModuleList(_make_step(flow, z_dim, self.context_dim, flow_hidden) for _ in range(num_flows))
+        self.register_buffer("reverse", torch.arange(z_dim - 1, -1, -1))
+
+    def _parts(self, h: torch.Tensor):
+        d = self.z_dim
+        loc, raw, context = self.encoder(h).split([d, d, self.context_dim], dim=-1)
+        transforms = []
+        for i, step in enumerate(self.steps):
+            if self.flow == "iaf" and i > 0:
+                transforms.append(T.Permute(self.reverse))  # reversed ordering between IAF steps
+            transforms.append(step.condition(context))
+        return loc, raw, transforms
+
+    def posterior(self, h: torch.Tensor) -> dist.TransformedDistribution:
+        loc, raw, transforms = self._parts(h)
+        return dist.TransformedDistribution(dist.Normal(loc, bounded_scale(raw)).to_event(1), transforms)
+
+    def point(self, h: torch.Tensor) -> torch.Tensor:
+        """The base distribution's mean pushed through the flow: a typical code, without sampling."""
+        loc, _, transforms = self._parts(h)
+        for t in transforms:
+            loc = t(loc)
+        return loc
+
+
+class FlowGuide(FlowHead):
+    """Diagonal Gaussian encoder of x followed by ``num_flows`` conditional flow steps.
 
     Args:
         x_dim, z_dim: data and latent dimensions.
@@ -72,28 +132,8 @@ class FlowGuide(nn.Module):
         site: str = "z",
         network: str = "mlp",
     ):
-        super().__init__()
-        if flow not in FLOWS:
-            raise ValueError(f"unknown flow '{flow}'; known: {', '.join(FLOWS)}")
-        if num_flows < 1:
-            raise ValueError(f"num_flows must be at least 1, got {num_flows}")
-        self.x_dim, self.z_dim, self.site, self.flow = x_dim, z_dim, site, flow
-        self.context_dim = context_dim or max(z_dim, 8)
-        flow_hidden = list(flow_hidden) if flow_hidden is not None else [max(4 * z_dim, 32)]
-        self.encoder = make_encoder(network, x_dim, list(hidden), 2 * z_dim + self.context_dim, activation)
-        self.steps = nn.ModuleList(_make_step(flow, z_dim, self.context_dim, flow_hidden) for _ in range(num_flows))
-        self.register_buffer("reverse", torch.arange(z_dim - 1, -1, -1))
-
-    def posterior(self, x: torch.Tensor) -> dist.TransformedDistribution:
-        d = self.z_dim
-        loc, raw, h = self.encoder(x).split([d, d, self.context_dim], dim=-1)
-        base = dist.Normal(loc, bounded_scale(raw)).to_event(1)
-        transforms = []
-        for i, step in enumerate(self.steps):
-            if self.flow == "iaf" and i > 0:
-                transforms.append(T.Permute(self.reverse))  # reversed ordering between IAF steps
-            transforms.append(step.condition(h))
-        return dist.TransformedDistribution(base, transforms)
+        super().__init__(x_dim, z_dim, hidden, flow, num_flows, flow_hidden, context_dim, activation, network)
+        self.x_dim, self.site = x_dim, site
 
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("guide", self)

@@ -8,7 +8,10 @@ r"""A VAE with L stochastic layers, z_L -> ... -> z_1 -> x, each conditional a G
 The defaults are the two-layer network of Burda et al. (2016): 100 stochastic units
 with two deterministic tanh layers of 200 between them and x, 50 stochastic units
 with two of 100 between them and the first layer. Sites are named ``z1`` (next to
-the data) to ``zL``; pair it with :class:`ppl_vae.guides.HierarchicalGuide`.
+the data) to ``zL``; pair it with :class:`ppl_vae.guides.HierarchicalGuide`. ``prior="vamp"``
+puts a VampPrior on the top layer: :math:`p(z_L) = \frac1K \sum_k q(z_L \mid u_k)`, the guide's
+top layer at K learned pseudo-inputs with the layers below at their means (Tomczak & Welling
+2018 use a top-down guide whose q(z_L | x) is direct; this bottom-up guide needs that choice).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 from ppl_vae.nn import MLP, GaussianHead
 
 from .likelihoods import make_likelihood
+from .priors import NormalPrior, VampPrior
 
 BURDA_Z_DIMS = (100, 50)
 BURDA_HIDDEN = ((200, 200), (100, 100))
@@ -50,9 +54,14 @@ class HierarchicalVAE(nn.Module):
         hidden: Sequence[Sequence[int]] = BURDA_HIDDEN,
         activation: str = "tanh",
         likelihood: str = "bernoulli",
+        prior: str = "normal",
+        num_components: int = 500,
     ):
         super().__init__()
         check_layers(z_dims, hidden)
+        if prior not in ("normal", "vamp"):
+            raise ValueError(f"the hierarchical model's top-layer prior is 'normal' or 'vamp', got '{prior}'")
+        self.prior = NormalPrior(z_dims[-1]) if prior == "normal" else VampPrior(z_dims[-1], x_dim, num_components)
         self.x_dim, self.z_dims = x_dim, list(z_dims)
         self.likelihood = make_likelihood(likelihood, x_dim)
         self.decoder = MLP(z_dims[0], list(reversed(list(hidden[0]))), x_dim * self.likelihood.outputs_per_dim, activation)
@@ -62,12 +71,16 @@ class HierarchicalVAE(nn.Module):
             for i in range(len(z_dims) - 1)
         )
 
+    def attach_guide(self, guide) -> None:
+        """A VampPrior reads the guide's top layer at its pseudo-inputs (``guide.posterior``)."""
+        if hasattr(self.prior, "attach_guide"):
+            self.prior.attach_guide(guide)
+
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("model", self)
         top = len(self.z_dims)
         with pyro.plate("data", x.shape[0]):
-            zeros = x.new_zeros(self.z_dims[-1])
-            z = pyro.sample(f"z{top}", dist.Normal(zeros, zeros + 1.0).to_event(1))
+            z = pyro.sample(f"z{top}", self.prior(x))
             for level in range(top - 1, 0, -1):
                 loc, scale = self.conditionals[level - 1](z)
                 z = pyro.sample(f"z{level}", dist.Normal(loc, scale).to_event(1))

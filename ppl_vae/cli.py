@@ -76,7 +76,7 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         "--prior",
         default="normal",
         choices=sorted(PRIORS),
-        help="prior of the vae model: normal, vamp (VampPrior), flow (autoregressive flow), acn (nearest-neighbour prior of associative compression networks) (default: normal)",
+        help="prior of the vae model: normal, vamp (VampPrior), flow (autoregressive flow), acn (nearest-neighbour prior of associative compression networks); of the hierarchical model's top layer: normal or vamp (default: normal)",
     )
     p.add_argument(
         "--network",

@@ -5,7 +5,7 @@ registries (``data.LOADERS``, ``models.MODELS`` ..., ``objectives.OBJECTIVES``).
 DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "binarized-mnist")
 BINARIZE_MODES = ("dynamic", "fixed", "none")
 MODELS = ("vae", "hierarchical", "linear_gaussian")
-GUIDES = ("mean_field", "full_cov", "hierarchical", "deterministic", "iaf", "planar", "radial", "householder")
+GUIDES = ("mean_field", "full_cov", "hierarchical", "deterministic", "iaf", "planar", "radial", "householder", "hierarchical_iaf")
 PRIORS = ("normal", "vamp", "flow", "acn")
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 OBJECTIVES = (

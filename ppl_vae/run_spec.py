@@ -22,7 +22,7 @@ def model_options(args) -> dict:
         layers = {} if args.z_dims is None else {"z_dims": args.z_dims, "hidden": [args.hidden] * len(args.z_dims)}
         return {
             "guide": args.guide or "hierarchical",
-            "model_kwargs": {"likelihood": args.likelihood, **layers},
+            "model_kwargs": {"likelihood": args.likelihood, "prior": args.prior, **layers},
             "guide_kwargs": dict(layers),
         }
     guide_kwargs = {"z_dim": args.z_dim, "hidden": args.hidden}

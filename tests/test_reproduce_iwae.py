@@ -20,7 +20,7 @@ def script():
 def test_the_schedule_is_the_papers(script):
     assert script.FULL_PASSES == 3280 and [p for p, _ in script.SCHEDULE] == [1, 3, 9, 27, 81, 243, 729, 2187]
     assert script.SCHEDULE[0][1] == 1e-3 and script.SCHEDULE[7][1] == pytest.approx(1e-4)
-    assert set(script.PAPER) <= set(script.CELLS) and script.CELLS["2L-iwae50"] == (2, "iwae:k=50")
+    assert set(script.PAPER) <= set(script.CELLS) and script.CELLS["2L-iwae50"] == (2, "iwae:k=50", None, "normal")
 
 
 def test_a_cell_run_in_pieces_scores_as_an_uninterrupted_one(script, tmp_path, capsys):
