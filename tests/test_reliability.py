@@ -297,6 +297,8 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 CLI_ERRORS = [
     (["train", "--model", "nope"], "unknown model 'nope'"),
+    (["train", "--model", "vae", "--guide", "hierarchical_iaf"], "guide 'hierarchical_iaf' does not fit model 'vae'"),
+    (["train", "--model", "hierarchical", "--guide", "iaf"], "guide 'iaf' does not fit model 'hierarchical'"),
     (["train", "--dataset", "mnist", "--data-dir", "{tmp}"], "no mnist.npz and no IDX files"),
     (["train", "--dataset", "mnist", "--data-dir", "{tmp}/nan"], "holds NaN or infinite values"),
     (["train", "--dataset", "digits", "--out", "{tmp}/file/run"], "not writable"),
