@@ -113,6 +113,7 @@ PAIRS = [
     ("vae", "planar", {}),
     ("vae", "radial", {}),
     ("hierarchical", "hierarchical", {}),
+    ("hierarchical", "hierarchical_iaf", {}),
 ]
 
 
