@@ -207,7 +207,7 @@ def log_px(
             depends on the seed and the data only, not on what ran before nor on how many
             processes share the work. Under torchrun the batches are dealt out to the ranks
             and gathered, so every rank returns the single-process estimate (``seed``
-            defaults to 0 there).
+            defaults to 0 there); it is then a collective: call it on every rank.
     Returns:
         :class:`LogPx` with mean, standard errors and per-point estimates.
     """

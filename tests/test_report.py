@@ -58,6 +58,34 @@ def test_aggregate_tests_hold_their_nominal_level_on_real_normal_samples():
     assert (rejections / reps <= 0.12).all(), rejections
 
 
+def _loop_mmd_test(z, permutations, seed):
+    """The permutation test written directly: biased MMD^2 per split, one split at a time."""
+    gen = torch.Generator().manual_seed(seed)
+    z = z.double()
+    ref = torch.randn(z.shape, generator=gen, dtype=torch.float64)
+
+    def mmd2(a, b):
+        ab = torch.cat([a, b])
+        k = torch.exp(-torch.cdist(ab, ab).pow(2) / (2 * z.shape[1]))
+        n = a.shape[0]
+        return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+    observed, pooled, n = mmd2(z, ref), torch.cat([z, ref]), z.shape[0]
+    count = 0
+    for _ in range(permutations):
+        perm = torch.randperm(2 * n, generator=gen)
+        count += int(mmd2(pooled[perm[:n]], pooled[perm[n:]]) >= observed)
+    return float(observed), (count + 1) / (permutations + 1)
+
+
+def test_mmd_test_scores_all_permutations_at_once_as_the_direct_loop_does():
+    torch.manual_seed(3)
+    for z in (torch.randn(60, 3), torch.randn(60, 3) * 1.3 + 0.2):
+        out = mmd_test(z, permutations=49, seed=7)
+        mmd2, p_value = _loop_mmd_test(z, 49, 7)
+        assert out["mmd2"] == pytest.approx(mmd2, rel=1e-9) and out["p_value"] == p_value
+
+
 def test_aggregate_tests_reject_a_clearly_non_gaussian_sample():
     torch.manual_seed(0)
     z = torch.distributions.Exponential(1.0).sample((500, 4)) - 1.0  # mean 0, variance 1, skewed
