@@ -476,9 +476,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args.device = distributed.start(args.device)
     args.command_line = ["ppl-vae", *(sys.argv[1:] if argv is None else argv)]
+    together = False  # every rank ends alike: a normal end, or a stop the ranks agreed on
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        together = True
+        return code
     except Interrupted as stop:
+        together = True
         if distributed.is_main():  # under torchrun rank 0 saved, and says so
             print(f"ppl-vae {args.command}: {stop}; continue with --resume", file=sys.stderr)
         return 130
@@ -491,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ppl-vae {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:
-        distributed.stop()
+        distributed.stop(together)
 
 
 if __name__ == "__main__":

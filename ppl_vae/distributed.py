@@ -64,8 +64,12 @@ def start(device: str) -> str:
     return device
 
 
-def stop() -> None:
+def stop(together: bool = False) -> None:
+    """Leave the process group; ``together`` (every rank ended the same way): wait for all first,
+    so that no rank tears its connections down while another still uses them."""
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
