@@ -94,11 +94,11 @@ def mmd_test(z: torch.Tensor, permutations: int = 200, seed: int = 0) -> dict:
     pooled = torch.cat([z, ref])
     k = torch.exp(-torch.cdist(pooled, pooled).pow(2) / (2 * h**2))
     n = z.shape[0]
-    signs = torch.empty(permutations + 1, 2 * n, dtype=torch.float64)
-    signs[0, :n], signs[0, n:] = 1.0 / n, -1.0 / n  # the observed split
+    split = torch.full((2 * n,), 1.0 / n, dtype=torch.float64)
+    split[n:] = -1.0 / n  # the observed split
+    signs = split.repeat(permutations + 1, 1)
     for i in range(1, permutations + 1):
-        perm = torch.randperm(2 * n, generator=gen)
-        signs[i, perm[:n]], signs[i, perm[n:]] = 1.0 / n, -1.0 / n
+        signs[i, torch.randperm(2 * n, generator=gen)] = split
     mmd2 = ((signs @ k) * signs).sum(1)
     observed = mmd2[0]
     count = int((mmd2[1:] >= observed).sum())
