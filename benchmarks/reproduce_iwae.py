@@ -213,7 +213,11 @@ def main(argv=None) -> int:
         p.error("give --cell NAME (or --table)")
     if not 1 <= args.passes <= FULL_PASSES:
         p.error(f"--passes must be between 1 and {FULL_PASSES}")
-    status = run_cell(args)
+    try:
+        status = run_cell(args)
+    except ValueError as err:  # missing or bad data, a checkpoint of another run: one line, as the CLI does
+        print(f"reproduce_iwae.py: error: {err}", file=sys.stderr)
+        return 2
     if status == 0 and args.json:
         Path(args.json).write_text((Path(args.out) / args.cell / "result.json").read_text())
     return status

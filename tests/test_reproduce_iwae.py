@@ -44,3 +44,11 @@ def test_a_cell_run_in_pieces_scores_as_an_uninterrupted_one(script, tmp_path, c
     assert "finished already" in capsys.readouterr().out
     assert script.main(["--table", "--out", str(tmp_path / "cut")]) == 0
     assert "| 2L-iwae5 | iwae:k=5 | 83.89 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("folder, message", [("none", "none does not exist"), ("empty", "no mnist.npz and no IDX files")])
+def test_missing_data_is_one_line_and_exit_2(script, tmp_path, capsys, folder, message):
+    (tmp_path / "empty").mkdir()
+    status = script.main(["--cell", "1L-vae1", "--data-dir", str(tmp_path / folder), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("reproduce_iwae.py: error: ") and message in err and "Traceback" not in err
