@@ -82,7 +82,7 @@ def run_cell(args) -> int:
     from ppl_vae import TrainConfig, Trainer, log_px
     from ppl_vae.device import seed_everything
     from ppl_vae.evaluate import active_units, elbo_terms
-    from ppl_vae.experiment import provenance, write_json
+    from ppl_vae.run_folder import provenance, write_json
     from ppl_vae.train import Interrupted
 
     layers, objective, flow, prior = CELLS[args.cell]

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
 from ppl_vae.nn import make_encoder
 
+from .base import OneSiteGuide
 
-class DeterministicGuide(nn.Module):
+
+class DeterministicGuide(OneSiteGuide):
     """MLP (or conv) encoder whose output is the code itself (args as :class:`MeanFieldGuide`)."""
 
     def __init__(
@@ -34,14 +34,8 @@ class DeterministicGuide(nn.Module):
         site: str = "z",
         network: str = "mlp",
     ):
-        super().__init__()
-        self.x_dim, self.z_dim, self.site = x_dim, z_dim, site
+        super().__init__(x_dim, z_dim, site)
         self.encoder = make_encoder(network, x_dim, list(hidden), z_dim, activation)
 
     def posterior(self, x: torch.Tensor):
         return dist.Delta(self.encoder(x), event_dim=1)
-
-    def forward(self, x: torch.Tensor) -> None:
-        pyro.module("guide", self)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample(self.site, self.posterior(x))

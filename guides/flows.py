@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
 from ppl_vae.nn import bounded_scale, make_encoder
+
+from .base import OneSiteGuide
 
 FLOWS = ("iaf", "planar", "radial", "householder")
 
@@ -72,7 +73,7 @@ class FlowHead(nn.Module):
         activation: str = "relu",
         network: str = "mlp",
     ):
-        super().__init__()
+        nn.Module.__init__(self)  # FlowGuide's OneSiteGuide parts are set by FlowGuide itself
         if flow not in FLOWS:
             raise ValueError(f"unknown flow '{flow}'; known: {', '.join(FLOWS)}")
         if num_flows < 1:
@@ -106,7 +107,7 @@ class FlowHead(nn.Module):
         return loc
 
 
-class FlowGuide(FlowHead):
+class FlowGuide(FlowHead, OneSiteGuide):
     """Diagonal Gaussian encoder of x followed by ``num_flows`` conditional flow steps.
 
     Args:
@@ -134,8 +135,3 @@ class FlowGuide(FlowHead):
     ):
         super().__init__(x_dim, z_dim, hidden, flow, num_flows, flow_hidden, context_dim, activation, network)
         self.x_dim, self.site = x_dim, site
-
-    def forward(self, x: torch.Tensor) -> None:
-        pyro.module("guide", self)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample(self.site, self.posterior(x))

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
 from ppl_vae.nn import bounded_scale, make_encoder
 
+from .base import OneSiteGuide
 
-class FullCovGuide(nn.Module):
+
+class FullCovGuide(OneSiteGuide):
     """MLP encoder emitting a mean and a Cholesky factor per data point.
 
     Args:
@@ -41,8 +41,7 @@ class FullCovGuide(nn.Module):
         site: str = "z",
         network: str = "mlp",
     ):
-        super().__init__()
-        self.x_dim, self.z_dim, self.site = x_dim, z_dim, site
+        super().__init__(x_dim, z_dim, site)
         n_off = z_dim * (z_dim - 1) // 2
         self.encoder = make_encoder(network, x_dim, list(hidden), 2 * z_dim + n_off, activation)
         rows, cols = torch.tril_indices(z_dim, z_dim, offset=-1)
@@ -58,8 +57,3 @@ class FullCovGuide(nn.Module):
             tril = tril.clone()
             tril[..., self.rows, self.cols] = off
         return dist.MultivariateNormal(loc, scale_tril=tril)
-
-    def forward(self, x: torch.Tensor) -> None:
-        pyro.module("guide", self)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample(self.site, self.posterior(x))

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
 from ppl_vae.nn import GaussianHead
 
+from .base import OneSiteGuide
 
-class MeanFieldGuide(nn.Module):
+
+class MeanFieldGuide(OneSiteGuide):
     """MLP encoder emitting a mean and a bounded standard deviation per latent dimension.
 
     Args:
@@ -37,15 +37,9 @@ class MeanFieldGuide(nn.Module):
         site: str = "z",
         network: str = "mlp",
     ):
-        super().__init__()
-        self.x_dim, self.z_dim, self.site = x_dim, z_dim, site
+        super().__init__(x_dim, z_dim, site)
         self.encoder = GaussianHead(x_dim, list(hidden), z_dim, activation, network)
 
     def posterior(self, x: torch.Tensor):
         loc, scale = self.encoder(x)
         return dist.Normal(loc, scale).to_event(1)
-
-    def forward(self, x: torch.Tensor) -> None:
-        pyro.module("guide", self)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample(self.site, self.posterior(x))

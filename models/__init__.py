@@ -1,12 +1,12 @@
 """Generative models as Pyro model functions, by name (installed as ``ppl_vae.models``)."""
 
-from .hierarchical import HierarchicalVAE
-from .likelihoods import LIKELIHOODS, make_likelihood
-from .linear_gaussian import LinearGaussian
-from .priors import PRIORS, ACNPrior, FlowPrior, NormalPrior, VampPrior
-from .vae import VAE
+from ppl_vae.registry import LIKELIHOODS, MODELS, PRIORS
 
-MODELS = {"vae": VAE, "hierarchical": HierarchicalVAE, "linear_gaussian": LinearGaussian}
+from .hierarchical import HierarchicalVAE
+from .likelihoods import make_likelihood
+from .linear_gaussian import LinearGaussian
+from .priors import ACNPrior, FlowPrior, NormalPrior, VampPrior
+from .vae import VAE
 
 __all__ = [
     "LIKELIHOODS",

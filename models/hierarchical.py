@@ -23,6 +23,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ppl_vae import hooks
 from ppl_vae.nn import MLP, GaussianHead
 
 from .likelihoods import make_likelihood
@@ -73,8 +74,7 @@ class HierarchicalVAE(nn.Module):
 
     def attach_guide(self, guide) -> None:
         """A VampPrior reads the guide's top layer at its pseudo-inputs (``guide.posterior``)."""
-        if hasattr(self.prior, "attach_guide"):
-            self.prior.attach_guide(guide)
+        hooks.attach_guide(self.prior, guide)
 
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("model", self)

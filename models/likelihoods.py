@@ -51,10 +51,9 @@ class ContinuousBernoulli(nn.Module):
         return dist.ContinuousBernoulli(logits=out).to_event(1)
 
 
-LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian, "continuous_bernoulli": ContinuousBernoulli}
-
-
 def make_likelihood(name: str, x_dim: int) -> nn.Module:
+    from ppl_vae.registry import LIKELIHOODS
+
     if name not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood '{name}'; known: {', '.join(LIKELIHOODS)}")
+        raise ValueError(LIKELIHOODS.unknown(name))
     return LIKELIHOODS[name](x_dim)

@@ -25,6 +25,7 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
+from ppl_vae.hooks import HasPosterior
 from ppl_vae.nn import MLP, bounded_scale
 
 
@@ -74,7 +75,7 @@ class _GuideReader(nn.Module):
     """Holds the guide without registering it as a submodule (the guide registers its own parameters)."""
 
     def attach_guide(self, guide) -> None:
-        if not hasattr(guide, "posterior"):
+        if not isinstance(guide, HasPosterior):
             raise ValueError(f"the '{self.name}' prior needs a guide with a posterior(x) method; {type(guide).__name__} has none")
         object.__setattr__(self, "_guide", guide)
 
@@ -192,6 +193,3 @@ class ACNPrior(_GuideReader):
             x = decode_mean(self.conditional(c).sample())
             c = self.encode(x)
         return x
-
-
-PRIORS = {"normal": NormalPrior, "vamp": VampPrior, "flow": FlowPrior, "acn": ACNPrior}

@@ -17,10 +17,12 @@ import pyro
 import torch
 from torch import nn
 
+from ppl_vae import hooks
 from ppl_vae.nn import make_decoder
+from ppl_vae.registry import PRIORS
 
 from .likelihoods import make_likelihood
-from .priors import PRIORS
+from .priors import ACNPrior
 
 
 class VAE(nn.Module):
@@ -52,7 +54,7 @@ class VAE(nn.Module):
     ):
         super().__init__()
         if prior not in PRIORS:
-            raise ValueError(f"unknown prior '{prior}'; known: {', '.join(PRIORS)}")
+            raise ValueError(PRIORS.unknown(prior))
         self.x_dim, self.z_dim = x_dim, z_dim
         self.likelihood = make_likelihood(likelihood, x_dim)
         self.decoder = make_decoder(
@@ -65,13 +67,11 @@ class VAE(nn.Module):
 
     def attach_guide(self, guide) -> None:
         """Give a prior that reads the guide (vamp, acn) its guide; a no-op for the others."""
-        if hasattr(self.prior, "attach_guide"):
-            self.prior.attach_guide(guide)
+        hooks.attach_guide(self.prior, guide)
 
     def refresh(self, x_train: torch.Tensor) -> None:
         """Per-epoch refresh of data-dependent state (the ACN code bank); the trainer calls it."""
-        if hasattr(self.prior, "refresh"):
-            self.prior.refresh(x_train)
+        hooks.refresh(self.prior, x_train)
 
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("model", self)
@@ -86,6 +86,6 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample_images(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """Means of p(x | z) at n unconditional draws; the ACN prior samples by its chain."""
-        if hasattr(self.prior, "chain"):
+        if isinstance(self.prior, ACNPrior):
             return self.prior.chain(self.decode_mean, n)
         return self.decode_mean(self.prior(like[:1]).sample((n,)).reshape(n, self.z_dim))

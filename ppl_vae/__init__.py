@@ -12,18 +12,19 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _WHERE = {
-    "DataError": "data",
+    "DataError": "pixels",
     "load_dataset": "data",
-    "LogPx": "evaluate",
+    "LogPx": "importance_sampling",
     "elbo_terms": "evaluate",
-    "log_px": "evaluate",
+    "log_px": "importance_sampling",
     "OBJECTIVES": "objectives",
     "get_objective": "objectives",
     "ContractError": "sites",
     "site_terms": "sites",
-    "TrainConfig": "train",
+    "TrainConfig": "config",
     "Trainer": "train",
-    "TrainingError": "train",
+    "TrainingError": "faults",
+    "score": "scoring",
 }
 
 __all__ = sorted(_WHERE)

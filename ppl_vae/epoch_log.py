@@ -15,8 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
-BEST_NAME = "best.pt"
-TENSORBOARD_DIR = "tensorboard"
+from .run_folder import BEST_NAME, TENSORBOARD_DIR
+
 # metrics.csv column -> TensorBoard tag
 TAGS = {
     "train_loss": "train/loss",
@@ -29,18 +29,29 @@ TAGS = {
     "lr": "optim/lr",
     "skipped_batches": "train/skipped_batches",
 }
-MONITOR_NAMES = {"val_log_px": "validation log p(x)", "val_elbo": "validation ELBO"}
+MONITOR_NAMES = {
+    "val_log_px": "validation log p(x)",
+    "val_elbo": "validation ELBO",
+    "val_distortion": "validation reconstruction error",
+}
+LOWER_IS_BETTER = ("val_distortion",)
 
 
-def monitored(eval_every: int) -> str:
-    """The history column the best checkpoint and early stopping follow."""
+def monitored(eval_every: int, density: bool = True) -> str:
+    """The history column the best checkpoint and early stopping follow: validation log p(x) where
+    it is estimated, else the validation ELBO; for a point-mass guide (no density, no ELBO) the
+    reconstruction error."""
+    if not density:
+        return "val_distortion"
     return "val_log_px" if eval_every else "val_elbo"
 
 
 def best_row(history: list[dict], monitor: str) -> dict | None:
-    """The first epoch with the highest finite ``monitor`` value, or None if none has one."""
+    """The first epoch with the best finite ``monitor`` value (the highest; the lowest for an
+    error), or None if none has one."""
     rows = [r for r in history if isinstance(r.get(monitor), float) and math.isfinite(r[monitor])]
-    return max(rows, key=lambda r: r[monitor]) if rows else None  # max keeps the first of equals
+    sign = -1.0 if monitor in LOWER_IS_BETTER else 1.0
+    return max(rows, key=lambda r: sign * r[monitor]) if rows else None  # max keeps the first of equals
 
 
 def patience_ran_out(history: list[dict], monitor: str, patience: int) -> dict | None:
@@ -64,9 +75,8 @@ def keep_as_best(checkpoint: Path) -> Path:
     return target
 
 
-def best_summary(history: list[dict], eval_every: int, out: str | None) -> dict | None:
+def best_summary(history: list[dict], monitor: str, out: str | None) -> dict | None:
     """What result.json says of the best epoch."""
-    monitor = monitored(eval_every)
     best = best_row(history, monitor)
     if best is None:
         return None
@@ -105,7 +115,9 @@ class TensorBoardLog:
 
 def epoch_line(row: dict, epochs: int) -> str:
     """One line per epoch for a batch job's log, where no progress bar shows."""
-    shown = [f"{k} {row[k]:.2f}" for k in ("train_loss", "val_elbo", "val_log_px") if k in row]
+    density = "val_elbo" in row or "val_log_px" in row  # a point-mass guide's row has only the distortion
+    keys = ("train_loss", "val_elbo", "val_log_px") if density else ("train_loss", "val_distortion")
+    shown = [f"{k} {row[k]:.2f}" for k in keys if k in row]
     if "val_log_px_se" in row:
         shown[-1] += f" ± {row['val_log_px_se']:.2f} (K={row['val_k']})"
     if row.get("skipped_batches"):

@@ -1,72 +1,35 @@
-"""What the trainer does when something goes wrong: bad input, a full disk, Ctrl-C, NaNs.
+"""What the trainer does when something goes wrong while it trains: Ctrl-C and SIGTERM, the time
+limit, and non-finite losses or gradients (the NaN guard, per step or deferred on the device).
 
-Each check either passes silently or raises one error whose message names the input,
-the step or the site at fault and what to do.
+Each stop or refusal raises one error whose message names the step or the site at fault, what
+happened to the checkpoint, and what to do.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import math
 import signal
-import tempfile
 import threading
-from pathlib import Path
+import time
 
 import pyro
 import torch
 
-from .data import DataError, check_data
-from .sites import ContractError, site_terms
+from .sites import site_terms
 
-# --------------------------------------------------------------------------- input
-
-
-def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data") -> None:
-    """Run the pair once on the first points: shapes, the contract and the observed support.
-
-    The observed site's support (Bernoulli: {0, 1}) is then checked on every point of ``x``.
-    """
-    check_data(x, what, unit_interval=False, flat=False)
-    try:
-        with pyro.validation_enabled(False):  # the support is checked below, on every point, with a clearer message
-            terms = site_terms(model, guide, x[:2], num_particles=1)
-    except ContractError:
-        raise
-    except (RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__  # not Pyro's trace dump
-        raise ValueError(
-            f"the model and guide cannot run on {what} of shape {tuple(x.shape)}: {type(err).__name__}: {first}. "
-            "Check that the data dimension matches the model's (x_dim)"
-        ) from None
-    for name in terms.observed:
-        support = terms.model_trace.nodes[name]["fn"].support
-        ok = torch.cat([support.check(chunk).reshape(chunk.shape[0], -1).all(-1) for chunk in x.split(4096)])
-        if not ok.all():
-            row = int((~ok).nonzero()[0])
-            raise DataError(
-                f"{what} row {row} lies outside the support of the observed site '{name}' ({support}); "
-                "a Bernoulli likelihood needs binary data: use dynamic or fixed binarisation, or a "
-                "continuous likelihood (gaussian, continuous_bernoulli) for intensities"
-            )
+DEFERRED_READ_EVERY = 100
 
 
-def check_output_folder(folder: str | os.PathLike, needed_bytes: int) -> Path:
-    """Create ``folder`` and prove it writable with room for ``needed_bytes`` (a checkpoint, twice)."""
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise OSError(f"output folder {path} is not writable: {err.strerror or err}") from None
-    free = shutil.disk_usage(path).free
-    if free < 2 * needed_bytes:
-        raise OSError(
-            f"output folder {path} has {free / 2**20:.1f} MiB free; checkpoints need about {2 * needed_bytes / 2**20:.1f} MiB"
-        )
-    return path
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the message says where it stopped."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (or at ``TrainConfig.time_limit``) after saving a checkpoint (``path``)."""
+
+    def __init__(self, path, why: str = "interrupted"):
+        super().__init__(f"{why}; checkpoint saved at {path}" if path else f"{why} (no output folder: nothing saved)")
+        self.path = path
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -203,3 +166,98 @@ def diagnose(model, guide, x: torch.Tensor, params: dict[str, torch.Tensor]) -> 
         site = f"re-running the pair on the batch fails: {err}"
     parts += [site] if site else []
     return "; ".join(parts) or "no site or parameter is non-finite on re-evaluation (a transient overflow)"
+
+
+class NanGuard:
+    """The NaN guard of one run: each step's loss and gradients checked before the update is
+    applied, with one host read per step, or ``deferred`` on the device (:class:`DeferredGuard`,
+    read by :meth:`read`). ``policy``: ``"stop"`` (a :class:`TrainingError` naming the step and
+    site), ``"skip"`` (the batch is counted in :attr:`skipped`), ``"off"``. ``kept_checkpoint``
+    says what the error can truthfully say of the checkpoint."""
+
+    def __init__(self, policy: str, deferred: bool, optimizer, params: dict, model, guide, kept_checkpoint):
+        self.policy, self.optimizer, self.params = policy, optimizer, params
+        self.model, self.guide, self.kept_checkpoint = model, guide, kept_checkpoint
+        self.deferred = DeferredGuard(optimizer, list(params.values())) if deferred and policy != "off" else None
+        self.skipped = 0  # bad steps in the epoch in progress
+
+    def new_epoch(self, skipped: int = 0) -> None:
+        """Start counting an epoch (a resumed one keeps the count it had)."""
+        self.skipped = skipped
+        if self.deferred is not None:
+            self.deferred.epoch_bad.fill_(skipped)
+
+    def apply(self, loss: torch.Tensor | None, x: torch.Tensor, step: int, where: str) -> torch.Tensor:
+        """Step the optimizer unless step ``step`` (on batch ``x``; ``where`` in the epoch) is bad;
+        ``loss`` None means Pyro refused the step's NaN parameters. Returns what the step adds to
+        the epoch's loss (on the device)."""
+        if self.deferred is not None:  # no host read: a bad step is undone on the device
+            loss = torch.full((), math.nan, device=x.device) if loss is None else loss
+            ok = self.deferred.update(loss, step, x)
+            return torch.where(ok, loss, torch.zeros_like(loss))
+        if loss is not None and (self.policy == "off" or bool(all_finite(loss, self.params.values()))):
+            self.optimizer.step()
+            return loss
+        if self.policy == "stop":
+            raise TrainingError(
+                f"non-finite loss or gradient at step {step} ({where}): {diagnose(self.model, self.guide, x, self.params)}. "
+                f"Nothing from this step was applied; {self.kept_checkpoint()} (nan_policy='skip' skips such batches)"
+            )
+        self.skipped += 1
+        return torch.zeros((), device=x.device)
+
+    def read(self, step: int) -> None:
+        """Read the deferred guard (one host read): stop on a bad step, or count the skipped ones."""
+        if self.deferred is None:
+            return
+        bad, epoch_bad, first = self.deferred.read()
+        self.skipped = epoch_bad
+        if bad and self.policy == "stop":
+            x = self.deferred.bad_x
+            where = diagnose(self.model, self.guide, x, self.params) if x is not None else "its batch was not kept"
+            raise TrainingError(
+                f"non-finite loss or gradient at step {first} (found at step {step}: with nan_check='deferred' the "
+                f"guard is read every {DEFERRED_READ_EVERY} steps and before checkpoints): {where}. No non-finite step "
+                f"was applied (each was undone on the device); the finite steps after it were; {self.kept_checkpoint()} "
+                "(nan_policy='skip' skips such batches; nan_check='step' stops at once)"
+            )
+
+
+class Stops:
+    """When a run stops at a step boundary: Ctrl-C (and SIGTERM under torchrun), the time limit
+    (``time_limit`` seconds on ``clock``), and under torchrun the ranks' agreed answer, read where
+    the NaN guard reads anyway (every step, or every :data:`DEFERRED_READ_EVERY` when deferred)."""
+
+    def __init__(self, time_limit: float = 0.0, distributed_step=None, deferred: bool = False, clock=time.monotonic):
+        self.clock, self.deferred, self.distributed_step = clock, deferred, distributed_step
+        self.deadline = clock() + time_limit if time_limit else None
+        self.time_limit = time_limit
+        self.guard = InterruptGuard(sigterm=distributed_step is not None)
+        if distributed_step is not None:
+            distributed_step.stop_requested = self.requested
+
+    def __enter__(self):
+        self.guard.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.guard.__exit__(*exc)
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and self.clock() > self.deadline
+
+    def requested(self) -> bool:
+        return self.guard.requested or self.past_deadline()
+
+    def now(self, step: int) -> bool:
+        """Whether to stop after step ``step`` (the same answer on every rank)."""
+        if self.distributed_step is None:
+            return self.requested()
+        if self.deferred and step % DEFERRED_READ_EVERY:
+            return False
+        return self.distributed_step.agreed_stop()
+
+    def why(self) -> str:
+        if self.past_deadline() and not self.guard.requested:
+            return f"stopped at the time limit ({self.time_limit:g} s)"
+        return "interrupted"

@@ -37,7 +37,7 @@ def _e(text) -> str:
     return html.escape(str(text))
 
 
-def _table(header: list[str], rows: list[list[str]], note_column: int | None = None) -> str:
+def table(header: list[str], rows: list[list[str]], note_column: int | None = None) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
     for row in rows:
@@ -46,14 +46,14 @@ def _table(header: list[str], rows: list[list[str]], note_column: int | None = N
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _figure(name: str, path: Path) -> str:
+def figure(name: str, path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     caption = CAPTIONS.get(name, name)
     return f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{data}"><figcaption>{_e(caption)}</figcaption></figure>'
 
 
 def html_report(report: dict, title: str, path: str | Path) -> Path:
-    """Write the report (``full_report``'s dict with the CLI's provenance fields) to ``path``."""
+    """Write the report (:func:`ppl_vae.experiment.evaluate_checkpoint`'s) to ``path``."""
     rows = [list(r) for r in report_rows(report)]
     about = [
         ["data", report.get("dataset")],
@@ -66,22 +66,23 @@ def html_report(report: dict, title: str, path: str | Path) -> Path:
         ["git commit", report.get("git_commit") or "none"],
     ]
     stages = [[name, f"{seconds:.1f} s"] for name, seconds in (report.get("stage_seconds") or {}).items()]
-    figures = [_figure(name, Path(p)) for name, p in (report.get("pictures") or {}).items() if Path(p).exists()]
+    figures = [figure(name, Path(p)) for name, p in (report.get("pictures") or {}).items() if Path(p).exists()]
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
         f"<p>Values in {_e(UNITS)}.</p>",
-        _table(["quantity", "value", "how to read it"], rows, note_column=2),
+        table(["quantity", "value", "how to read it"], rows, note_column=2),
         "<h2>Pictures</h2>",
         *figures,
         "<h2>What was evaluated</h2>",
-        _table(["", ""], about),
+        table(["", ""], about),
         "<h2>Time per stage</h2>",
-        _table(["stage", "time"], stages),
-        "</body></html>",
+        table(["stage", "time"], stages),
     ]
     path = Path(path)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    path.write_text(page(title, parts), encoding="utf-8")
     return path
+
+
+def page(title: str, body: list[str]) -> str:
+    """A self-contained HTML page: ``title`` as its heading, ``body`` (HTML fragments) below it."""
+    head = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title><style>{STYLE}</style></head>'
+    return "\n".join([head, f"<body><h1>{_e(title)}</h1>", *body, "</body></html>"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyro.poutine as poutine
 import torch
 
+from .hooks import SamplesImages
 from .sites import site_terms
 
 
@@ -39,7 +40,7 @@ def sample(model, like: torch.Tensor, n: int) -> torch.Tensor:
 
     ``like`` is any data tensor; only its shape per point, dtype and device are used.
     """
-    if hasattr(model, "sample_images"):  # models with their own sampler (the ACN chain)
+    if isinstance(model, SamplesImages):  # models with their own sampler (the ACN chain)
         return model.sample_images(n, like).reshape((n,) + like.shape[1:])
     dummy = like.new_zeros((n,) + like.shape[1:])
     trace = poutine.trace(poutine.uncondition(model)).get_trace(dummy)

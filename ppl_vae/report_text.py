@@ -1,8 +1,11 @@
-"""The evaluation report as text: one row per quantity (in nats per data point unless the row
-says otherwise), each with how to read it and what to do, for the terminal, Markdown and HTML.
+"""Scores as text, the one renderer for every command: one row per quantity (in nats per data
+point unless the row says otherwise), each with how to read it and what to do, for the terminal,
+Markdown and HTML; a training run's rows (losses, best epoch, time) go above its scores.
 
-Each diagnostic's note is written from its value: a PSIS k-hat row with points above 0.7 says
-what that does to the log p(x) figure and what to change, one without says the estimate holds.
+A row is shown for each quantity the report holds (:func:`ppl_vae.scoring.score`'s summary level
+holds fewer than its full level). Each diagnostic's note is written from its value: a PSIS k-hat
+row with points above 0.7 says what that does to the log p(x) figure and what to change, one
+without says the estimate holds.
 """
 
 from __future__ import annotations
@@ -24,21 +27,61 @@ def _p(v: float) -> str:
 
 
 def report_rows(r: dict) -> list[Row]:
-    """The report's rows; ``r`` is :func:`ppl_vae.report.full_report`'s dict."""
+    """The report's rows; ``r`` is :func:`ppl_vae.scoring.score`'s dict (either level)."""
     if r["log_px"] is None:  # a point-mass guide: no density, no bound, no log p(x)
-        return [
+        rows = [
             Row(
                 "test log p(x)", f"none: {r['log_px_note']}", "a deterministic encoder defines no q(z|x), so no bound on log p(x)"
             ),
             Row("test distortion", f"{r['test_distortion']:.2f}", "-E log p(x|z): the reconstruction error, nats per point"),
             _units_row(r),
-            _prior_match_row(r),
         ]
-    rows = [_log_px_row(r), _ladder_row(r)]
-    if "k_hat" in r:
-        rows.append(_k_hat_row(r))
-    rows += [_elbo_row(r), _units_row(r), _split_row(r), _prior_match_row(r), _correlation_row(r)]
+        return rows + ([_prior_match_row(r)] if "prior_match" in r else [])
+    optional = (("iwae_by_k", _ladder_row), ("k_hat", _k_hat_row))
+    rows = [_log_px_row(r)] + [row(r) for key, row in optional if key in r] + [_elbo_row(r), _units_row(r)]
+    later = (("surgery", _split_row), ("prior_match", _prior_match_row), ("posterior_correlation", _correlation_row))
+    return rows + [row(r) for key, row in later if key in r]
+
+
+def run_rows(result: dict) -> list[tuple[str, str]]:
+    """A training run's rows above its scores: data, pair, losses, best epoch, time, the step."""
+    rows = [
+        ("dataset", f"{result['dataset']} ({result['n']} test points)"),
+        ("model / guide", f"{result['model']} / {result['guide']}, objective {_objective(result)}"),
+        ("device", result["device"]),
+    ]
+    if "train_loss" in result:
+        rows.append(("train loss (nats/point)", f"{result['train_loss']:.2f}"))
+        last = (result.get("history") or [{}])[-1]
+        if "val_elbo" in last:
+            rows.append(("validation ELBO", f"{last['val_elbo']:.2f}"))
+        elif "val_distortion" in last:  # a point-mass guide: no ELBO
+            rows.append(("validation distortion", f"{last['val_distortion']:.2f}"))
+    best = result.get("best")
+    if best:
+        stop = f"; training stopped early after epoch {result['epochs']}" if result.get("stopped_early") else ""
+        rows.append(
+            (
+                "best epoch",
+                f"{best['epoch']} ({best['monitor']} {best['value']:.2f}){stop}; test scores are of epoch {result['scored_epoch']}",
+            )
+        )
+    if "seconds_per_epoch" in result:
+        rows.append(("time per epoch", f"{result['seconds_per_epoch']:.2f} s over {result['epochs']} epochs"))
+    if "step" in result:
+        rows.append(("training step", result["step"]))
     return rows
+
+
+def _objective(result: dict) -> str:
+    """The objective as given, with every default written out where that says more (``iwae (iwae:k=5)``)."""
+    given, resolved = result["objective"], result.get("objective_resolved")
+    return given if not resolved or resolved == given else f"{given} ({resolved})"
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def _log_px_row(r: dict) -> Row:

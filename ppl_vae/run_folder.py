@@ -22,18 +22,27 @@ beside a checkpoint it does not describe.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import shutil
 import time
 from pathlib import Path
 
-RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.csv", "result.json", "reconstructions.png", "samples.png", "tensorboard")
+CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
+METRICS_NAME = "metrics.csv"
+RESULT_NAME = "result.json"
+TENSORBOARD_DIR = "tensorboard"
+PICTURES = ("reconstructions.png", "samples.png")
+EVALUATION_FILES = ("evaluation.json", "evaluation.md", "evaluation.html")
+RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME, RESULT_NAME, *PICTURES, TENSORBOARD_DIR)
 METRICS = (
     "epoch", "step", "train_loss", "val_elbo", "val_rate", "val_distortion", "val_log_px", "val_log_px_se", "val_k",
     "seconds", "lr", "skipped_batches",
 )  # fmt: skip
 COMPARE_FILES = ("compare.md", "compare.csv", "compare.json", "validation_curves.png", "rate_distortion.png")
-EVAL_PREFIX = "eval-k"
+EVAL_PREFIX = "eval-"
 
 
 def _slug(text: str) -> str:
@@ -98,7 +107,7 @@ def write_metrics(history: list[dict], folder: str | Path) -> Path:
     """``metrics.csv`` from the history (atomically): a resumed run's file holds each epoch once."""
     import csv
 
-    path = Path(folder) / "metrics.csv"
+    path = Path(folder) / METRICS_NAME
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRICS, extrasaction="ignore")
@@ -108,14 +117,84 @@ def write_metrics(history: list[dict], folder: str | Path) -> Path:
     return path
 
 
-def evaluation_folder(checkpoint: str | Path, k: int, out: str | Path | None = None) -> Path:
-    """Where ``evaluate --k K`` writes: ``--out``, or ``eval-k<K>/`` beside the checkpoint."""
+def evaluation_folder(checkpoint: str | Path, k: int, out: str | Path | None = None, overwrite: bool = False, **setting) -> Path:
+    """Where ``evaluate --k K`` writes: ``--out``, or a folder beside the checkpoint named by its
+    setting: ``eval-k<K>/``, with ``-n<N>`` (the first N points), ``-seed<S>`` and ``-data-<name>``
+    (other data) where they are not the defaults; ``eval-best-k<K>/`` for ``best.pt``.
+
+    A folder that already holds an evaluation is refused unless ``overwrite``: a quick check never
+    replaces a costly report silently.
+    """
     if out is not None:
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise ValueError(f"--out {path} is a file; name a folder for the evaluation's outputs")
-        return path
-    ckpt = Path(checkpoint)
-    if ckpt.is_dir() or ckpt.stem == "checkpoint":
-        return (ckpt if ckpt.is_dir() else ckpt.parent) / f"{EVAL_PREFIX}{k}"
-    return ckpt.parent / f"eval-{_slug(ckpt.stem)}-k{k}"  # best.pt: its own folder beside the last one's
+    else:
+        ckpt = Path(checkpoint)
+        stem = "" if ckpt.is_dir() or ckpt.name == CHECKPOINT_NAME else f"{_slug(ckpt.stem)}-"
+        parts = [f"{EVAL_PREFIX}{stem}k{k}"]
+        parts += [f"{key}{_slug(Path(str(value)).stem)}" for key, value in setting.items() if value]
+        path = (ckpt if ckpt.is_dir() else ckpt.parent) / "-".join(parts)
+    done = path / EVALUATION_FILES[0]
+    if done.exists() and not overwrite:
+        raise ValueError(
+            f"{path} already holds an evaluation ({done.name}); pass --overwrite to replace it, or --out for another folder"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- what each file records
+
+
+def provenance(device, command: list[str] | None = None) -> dict:
+    """What produced a result: package versions, the device, the command line (``command``, or
+    this process's arguments) and the git commit."""
+    import platform
+    import subprocess
+    import sys
+
+    import pyro
+    import torch
+
+    from . import __version__
+
+    try:
+        import arviz
+
+        arviz_version = arviz.__version__
+    except ImportError:
+        arviz_version = None
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "versions": {"ppl_vae": __version__, "torch": torch.__version__, "pyro": pyro.__version__, "arviz": arviz_version,
+                     "python": platform.python_version()},
+        "device_name": name,
+        "command": list(command) if command is not None else sys.argv,
+        "git_commit": commit or None,
+    }  # fmt: skip
+
+
+def strict_json(value):
+    """``value`` with NaN and infinities as ``None``, so the JSON is strict (RFC 8259 has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def write_json(result: dict, path: Path) -> Path:
+    """Write ``result`` as strict JSON (non-finite numbers as null), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(strict_json(result), indent=2, default=str, allow_nan=False))
+    tmp.replace(path)
+    return path

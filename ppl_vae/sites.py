@@ -100,10 +100,10 @@ class SiteTerms:
         """The model (or the guide) run again at the guide's samples with their gradient paths cut:
         every distribution is rebuilt from fixed z, so its log-density at sg z has gradient only
         through the parameters (the score term)."""
-        detached = self.guide_trace.copy()
-        for site in detached.nodes.values():
+        detached = self.guide_trace.copy()  # a shallow copy: each site is copied before its value is cut
+        for name, site in list(detached.nodes.items()):
             if site["type"] == "sample":
-                site["value"] = site["value"].detach()
+                detached.nodes[name] = {**site, "value": site["value"].detach()}
         fn = vectorized(self.guide_fn if guide else self.model_fn, self.num_particles, self.particle_dim)
         return poutine.trace(poutine.replay(fn, trace=detached)).get_trace(*self.args, **self.kwargs)
 

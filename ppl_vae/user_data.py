@@ -6,10 +6,13 @@
 - a folder: image files (PNG, JPEG, BMP, GIF, PGM), all of one size; or sub-folders ``train``,
   ``val`` (or ``valid``) and ``test`` holding them.
 
-Any layout per point: ``(N, D)``, ``(N, H, W)`` or ``(N, C, H, W)``; points are flattened and the
-image shape is kept (a ``D``-vector that is a square number of pixels is shown as a square
-image). A missing validation or test split is cut from the training points (10 % each, a
-fixed seed, independent of the training seed). Pixel range: :func:`ppl_vae.data.to_intensities`.
+Any layout per point: ``(N, D)``, ``(N, H, W)``, ``(N, C, H, W)`` or channels-last ``(N, H, W, C)``;
+points are flattened and the image shape is kept (a ``D``-vector that is a square number of pixels
+is shown as a square image). ``layout="auto"`` reads a 4-D array whose last axis is 1, 3 or 4 after
+two sides that are not as channels-last, one whose second axis is so as channels-first, and refuses
+one it cannot tell (``layout="nchw"`` or ``"nhwc"`` says). A missing validation or test split is cut from
+the training points (10 % each, at least :data:`MIN_SPLIT` points, a fixed seed independent of the
+training seed). Pixel range: :func:`ppl_vae.pixels.to_intensities`.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, require_numbers, to_intensities
+from .pixels import DataError, require_numbers, to_intensities
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff")
 HOLD_OUT = 0.1
 SPLIT_SEED = 0
+MIN_SPLIT = 2  # a standard error over points needs two of them
+LAYOUTS = ("auto", "nchw", "nhwc")
+CHANNELS = (1, 3, 4)
 
 
 def data_fingerprint(path: str | os.PathLike) -> str:
@@ -52,13 +58,35 @@ def image_shape_of(per_point: tuple[int, ...]) -> tuple[int, ...]:
     return per_point
 
 
-def _points(x: np.ndarray, what: str) -> np.ndarray:
+def _points(x: np.ndarray, what: str, layout: str = "auto") -> np.ndarray:
     require_numbers(x, what)
     if x.ndim not in (2, 3, 4):
-        raise DataError(f"{what} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
+        raise DataError(f"{what} has shape {x.shape}; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
     if x.shape[0] == 0:
         raise DataError(f"{what} is empty (shape {x.shape})")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(1)
+        if bad.any():
+            raise DataError(f"{what} row {int(np.argmax(bad))} holds NaN or infinite values ({int(bad.sum())} rows do)")
+    if x.ndim == 4 and _channels_last(x.shape, layout, what):
+        x = np.moveaxis(x, -1, 1)
     return x
+
+
+def _channels_last(shape: tuple, layout: str, what: str) -> bool:
+    """Whether a 4-D array of images is (N, H, W, C): as ``layout`` says, or read from the shape."""
+    if layout not in LAYOUTS:
+        raise DataError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    if layout != "auto":
+        return layout == "nhwc"
+    last = shape[3] in CHANNELS and shape[1] not in CHANNELS and shape[2] not in CHANNELS
+    first = shape[1] in CHANNELS and shape[2] not in CHANNELS and shape[3] not in CHANNELS
+    if not (last and first) and (last or first or shape[1] != shape[3]):
+        return last  # neither looks like channels: the documented (N, C, H, W)
+    raise DataError(
+        f"{what} has shape {shape}: cannot tell whether its channels come first (N, C, H, W) or last (N, H, W, C); "
+        "say which with --layout nchw or --layout nhwc"
+    )
 
 
 def _read_images(folder: Path) -> np.ndarray:
@@ -90,44 +118,44 @@ def _hold_out(x, y, n):
     return (x[keep], None if y is None else y[keep]), (x[out], None if y is None else y[out])
 
 
-def load_data_file(path: str | os.PathLike, scale: str = "auto"):
-    """``((train, val, test), image_shape)`` from ``path``, each split ``(x (N, D) float32, labels | None)``."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data path {path} does not exist")
-    raw: dict[str, np.ndarray | None] = {}
+def _read_raw(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of ``path`` by name (``x_train``, ``x_val``, ``x_test``, ``y_*``), each refused
+    with one clean message when the file is not what its name says (truncated, random bytes)."""
     if path.is_dir():
         subs = {name: path / name for name in ("train", "val", "valid", "test") if (path / name).is_dir()}
         if "train" in subs:
-            raw = {f"x_{'val' if k == 'valid' else k}": _read_images(p) for k, p in subs.items()}
-        else:
-            raw = {"x_train": _read_images(path)}
-    elif path.suffix == ".npy":
-        try:
-            raw = {"x_train": np.load(path, allow_pickle=False)}
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read {path} as an .npy array: {err}") from None
-    elif path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if "x_train" not in f.files:
-                    raise DataError(f"{path} has no array 'x_train' (it has {f.files}); name the training points x_train")
-                for key in ("x_train", "x_val", "x_valid", "x_test", "y_train", "y_val", "y_valid", "y_test"):
-                    if key in f.files:
-                        raw[key.replace("valid", "val")] = f[key]
-        except (OSError, ValueError, EOFError) as err:
-            if isinstance(err, DataError):
-                raise
-            raise DataError(f"cannot read {path} as an .npz file: {err}") from None
-    else:
+            return {f"x_{'val' if k == 'valid' else k}": _read_images(p) for k, p in subs.items()}
+        return {"x_train": _read_images(path)}
+    if path.suffix not in (".npy", ".npz"):
         raise DataError(f"data path {path}: expected an .npz or .npy file, or a folder of images")
+    kind = "an .npy array" if path.suffix == ".npy" else "an .npz archive of arrays"
+    raw = {}
+    try:
+        if path.suffix == ".npy":
+            return {"x_train": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as f:
+            if "x_train" not in f.files:
+                raise DataError(f"{path} has no array 'x_train' (it has {f.files}); name the training points x_train")
+            for key in ("x_train", "x_val", "x_valid", "x_test", "y_train", "y_val", "y_valid", "y_test"):
+                if key in f.files:
+                    raw[key.replace("valid", "val")] = f[key]
+    except DataError:
+        raise
+    except Exception:  # truncated archives (BadZipFile), random bytes, pickled objects: one message for all
+        raise DataError(
+            f"cannot read {path} as {kind}: it is truncated, or not a NumPy file (write it with numpy.save or numpy.savez)"
+        ) from None
+    return raw
 
+
+def _splits(raw: dict, path: Path, layout: str) -> dict:
+    """``{split: (x, y)}`` for the splits ``raw`` holds, each checked, channels-first."""
     splits = {}
     for split in ("train", "val", "test"):
         x = raw.get(f"x_{split}")
         if x is None:
             continue
-        x = _points(x, f"{path.name} x_{split}")
+        x = _points(x, f"{path.name} x_{split}", layout)
         y = raw.get(f"y_{split}")
         if y is not None and len(y) != len(x):
             raise DataError(f"{path.name}: y_{split} has {len(y)} labels for {len(x)} points in x_{split}")
@@ -135,18 +163,30 @@ def load_data_file(path: str | os.PathLike, scale: str = "auto"):
     shapes = {k: v[0].shape[1:] for k, v in splits.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"{path.name}: the splits' points have different shapes {shapes}; every split needs the same")
+    return splits
+
+
+def load_data_file(path: str | os.PathLike, scale: str = "auto", layout: str = "auto"):
+    """``((train, val, test), image_shape)`` from ``path``, each split ``(x (N, D) float32, labels | None)``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist")
+    splits = _splits(_read_raw(path), path, layout)
     train_x, train_y = splits["train"]
     for split in ("test", "val"):
         if split not in splits:
-            n = max(1, int(round(HOLD_OUT * len(splits["train"][0]))))
-            if len(train_x) - n < 1:
-                raise DataError(f"{path.name}: {len(train_x)} training points are too few to hold out a {split} split")
+            n = max(MIN_SPLIT, int(round(HOLD_OUT * len(splits["train"][0]))))
+            if len(train_x) - n < MIN_SPLIT:
+                raise DataError(
+                    f"{path.name}: {len(train_x)} training points are too few to hold out a {split} split of at least "
+                    f"{MIN_SPLIT} points and keep {MIN_SPLIT} to train on (a standard error needs two points); give more "
+                    "points, or x_val and x_test of your own"
+                )
             (train_x, train_y), splits[split] = _hold_out(train_x, train_y, n)
     splits["train"] = (train_x, train_y)
-    per_point = train_x.shape[1:]
     out = []
     for split in ("train", "val", "test"):
         x, y = splits[split]
         flat = to_intensities(x.reshape(len(x), -1), f"{path.name} {split} split", scale)
         out.append((flat, None if y is None else np.asarray(y).astype(np.int64)))
-    return tuple(out), image_shape_of(tuple(per_point))
+    return tuple(out), image_shape_of(tuple(train_x.shape[1:]))

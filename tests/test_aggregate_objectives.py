@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ppl_vae import TrainConfig, Trainer, get_objective, load_dataset, log_px
-from ppl_vae.evaluate import NoDensityError
-from ppl_vae.experiment import build_pair
+from ppl_vae.importance_sampling import NoDensityError
 from ppl_vae.objectives import cramer_wold2, mmd2, sliced_wasserstein2
 from ppl_vae.objectives.divergences import kummer_phi, silverman_gamma
+from ppl_vae.pair import build_pair
 
 GEN = torch.Generator().manual_seed(0)
 

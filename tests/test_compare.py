@@ -6,7 +6,8 @@ import json
 import pytest
 
 from ppl_vae import compare as compare_module
-from ppl_vae.cli import main, split_specs
+from ppl_vae.cli import main
+from ppl_vae.cli_options import split_specs
 from ppl_vae.train import TrainConfig, TrainingError
 
 SPEC = {

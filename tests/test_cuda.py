@@ -48,7 +48,7 @@ def test_training_on_cuda_keeps_data_on_the_device(objective):
 @requires_cuda
 @pytest.mark.parametrize("prior", ["normal", "vamp", "flow", "acn"])
 def test_every_prior_trains_and_is_reported_on_cuda(prior):
-    from ppl_vae.report import full_report
+    from ppl_vae.scoring import score
 
     data = load_dataset("mnist5k")
     model = VAE(z_dim=4, hidden=(64,), prior=prior)
@@ -57,7 +57,7 @@ def test_every_prior_trains_and_is_reported_on_cuda(prior):
     trainer = Trainer(model, guide, TrainConfig(epochs=1, objective="iwae:k=3", device="cuda", eval_every=0, progress=False))
     trainer.fit(data.train.x[:500], data.eval_x("val")[:100], dynamic=True)
     trainer.set_training(False)
-    report = full_report(model, guide, data.eval_x("test", "cuda")[:100], k=50)
+    report = score(model, guide, data.eval_x("test", "cuda")[:100], level="full", k=50)
     assert torch.isfinite(torch.tensor(report["log_px"])) and report["k"] == 50
 
 

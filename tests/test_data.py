@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae.data import DataError, DeviceBatches, check_data, load_dataset, read_idx
+from ppl_vae.data import DeviceBatches, load_dataset, read_idx
+from ppl_vae.pixels import DataError, check_data
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:

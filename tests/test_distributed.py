@@ -151,9 +151,10 @@ def test_compare_jobs_2_writes_the_table_of_jobs_1(tmp_path, capsys):
         for key in ("log_px", "log_px_se", "test_elbo", "test_rate", "test_distortion"):
             assert x[key] == pytest.approx(y[key], abs=1e-3), (x["variant"], key)
         assert x["active_units"] == y["active_units"]
-    with pytest.raises(ValueError, match="not both"):
-        from ppl_vae.cli import _compare_devices, build_parser
+    from ppl_vae.cli_options import build_parser
+    from ppl_vae.run_spec import _compare_devices
 
+    with pytest.raises(ValueError, match="not both"):
         _compare_devices(build_parser().parse_args([*args, "--jobs", "2", "--devices", "cpu,cpu"]))
     assert main([*args, "--devices", "cpu,cuda:3", "--out", str(tmp_path / "three")]) == 2
     assert "cuda" in capsys.readouterr().err

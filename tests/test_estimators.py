@@ -175,6 +175,35 @@ def test_free_bits_floor_each_groups_kl(per):
     assert torch.allclose(g_fb, g_recon, atol=1e-4)
 
 
+@pytest.mark.parametrize("base", ["stl", "elbo", "meanfield"])
+def test_free_bits_wrap_each_estimator_and_keep_its_gradient_above_the_floor(base):
+    """``stl:free_bits=...`` is STL with free bits (not another estimator): with the floor below every
+    group's KL, its value and gradient are the wrapped estimator's exactly, on the same draws; with a
+    floor above them, the KL's gradient is gone and what is left is the reconstruction term's."""
+    from ppl_vae.objectives import STL, FreeBits, LatentScaled
+
+    lg = diagonal_posterior_linear_gaussian()
+    x = lg.sample_data(40, seed=3)
+    guide = AffineGuide(6, 3)
+    params = list(guide.parameters())
+    wrapped = get_objective(f"{base}:free_bits=0,k=2")
+    assert isinstance(wrapped, FreeBits) and (base != "stl" or isinstance(wrapped.objective, STL))
+    plain = wrapped.objective  # the same estimator without the floor
+    for per in ("site", "dim"):
+        floored = get_objective(f"{base}:free_bits=0,free_bits_per={per},k=2")
+        g_plain, g_floored = _grads(plain, lg, guide, x, 5, params), _grads(floored, lg, guide, x, 5, params)
+        assert torch.allclose(g_floored, g_plain, rtol=1e-5, atol=1e-6), per
+        pyro.set_rng_seed(9)
+        value = floored.loss(lg, guide, x)
+        pyro.set_rng_seed(9)
+        assert value == pytest.approx(plain.loss(lg, guide, x), rel=1e-6)
+    # a floor above every KL: the encoder's gradient is the reconstruction term's alone (beta = 0), on the same draws
+    high = get_objective(f"{base}:free_bits=1000,k=2")
+    recon = LatentScaled(plain, beta=0)
+    g_high, g_recon = _grads(high, lg, guide, x, 5, params), _grads(recon, lg, guide, x, 5, params)
+    assert torch.allclose(g_high, g_recon, rtol=1e-5, atol=1e-4)
+
+
 def test_free_bits_errors_name_the_problem():
     with pytest.raises(ValueError, match="no separate KL"):
         get_objective("iwae:k=5,free_bits=0.5")

@@ -10,9 +10,9 @@ import torch
 
 from ppl_vae import TrainConfig, Trainer, load_dataset, log_px
 from ppl_vae.cli import main
-from ppl_vae.data import DataError, DataNote, to_intensities
 from ppl_vae.guides import MeanFieldGuide
 from ppl_vae.models import VAE
+from ppl_vae.pixels import DataError, DataNote, to_intensities
 
 RNG = np.random.default_rng(0)
 
@@ -167,7 +167,8 @@ def test_the_vague_cases_found_by_trying_bad_inputs_now_say_what_is_wrong(tmp_pa
                 "--guide",
                 "mean_field",
             ],
-            "RuntimeError: boom. Check",
+            "the model cannot run on test data of shape (6, 16) at the guide's samples (z: (2, 10)): RuntimeError: boom "
+            "(raised at",
         ),  # fmt: skip
     ]
     for extra, message in cases:

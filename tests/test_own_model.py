@@ -113,7 +113,7 @@ def test_a_checkpoint_written_from_python_is_evaluated_by_the_cli(tmp_path, caps
     data = load_dataset(str(tmp_path / "d.npz"))
     model = f"{EXAMPLE}:TwoLayerVAE.model"
     guide = f"{EXAMPLE}:TwoLayerVAE.guide"
-    from ppl_vae.experiment import build_pair
+    from ppl_vae.pair import build_pair
 
     pair = build_pair({"model": model, "guide": guide}, data.x_dim, data.image_shape)
     Trainer(*pair, TrainConfig(epochs=1, batch_size=20, eval_every=0, progress=False, out=str(tmp_path / "py"))).fit(
@@ -124,7 +124,7 @@ def test_a_checkpoint_written_from_python_is_evaluated_by_the_cli(tmp_path, caps
     assert "pass --data PATH, --model and --guide" in capsys.readouterr().err
     argv = ["evaluate", ckpt, "--k", "3", "--data", str(tmp_path / "d.npz"), "--model", model, "--guide", guide]
     assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
-    assert json.loads((tmp_path / "py" / "eval-k3" / "evaluation.json").read_text())["n"] == 40
+    assert json.loads((tmp_path / "py" / "eval-k3-data-d" / "evaluation.json").read_text())["n"] == 40
 
 
 def test_sample_needs_no_data(tmp_path, capsys):

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from ppl_vae.experiment import build_pair
 from ppl_vae.objectives import get_objective
+from ppl_vae.pair import build_pair
 
 # the chain z2 ~ N(0, 1), z1 | z2 ~ N(0.8 z2, 0.6^2), x | z1 ~ N(1.3 z1, 0.5^2)
 A, S1, C, SX = 0.8, 0.6, 1.3, 0.5

@@ -13,8 +13,8 @@ from ppl_vae.cli import main
 from ppl_vae.evaluate import elbo_terms
 from ppl_vae.models import LinearGaussian
 from ppl_vae.posterior import export_inference_data, posterior_correlations
-from ppl_vae.report import STAGES
 from ppl_vae.report_text import report_rows
+from ppl_vae.scoring import STAGES, score
 
 from helpers import AffineGuide, ShiftedPosteriorGuide, correlated_linear_gaussian, diagonal_posterior_linear_gaussian
 
@@ -175,9 +175,12 @@ def test_evaluate_command_writes_the_full_report(tmp_path, capsys):
     for words in ("IWAE bound by K", "PSIS k-hat", "I(x;z)", "q(z) vs N(0,I)", "mean |corr|", "How to read it"):
         assert words in table
     stages = [line for line in printed.err.splitlines() if line.startswith("evaluate [")]
-    assert stages[0] == "evaluate [1/7] log p(x) by importance sampling" and stages[-1].startswith("evaluate [7/7] pictures")
-    assert len(stages) == 7
-    run, out = out, out / "eval-k60"  # the evaluation's own folder: the training pictures stay as they were
+    n = len(STAGES)  # every stage applies at the full level with an output folder
+    assert (
+        stages[0] == f"evaluate [1/{n}] log p(x) by importance sampling" and stages[-1] == f"evaluate [{n}/{n}] the ArviZ export"
+    )
+    assert len(stages) == n
+    run, out = out, out / "eval-k60-n80"  # the evaluation's own folder (named by K and the points): the training pictures stay
     assert (run / "reconstructions.png").exists() and (run / "checkpoint.pt").exists()
     r = json.loads((out / "evaluation.json").read_text())
     assert r["k"] == 60 and r["n"] == 80 and set(r["iwae_by_k"]) == {"1", "5", "50", "60"}
@@ -185,7 +188,7 @@ def test_evaluate_command_writes_the_full_report(tmp_path, capsys):
     # one rate: the ELBO row's, split into I(x;z) and the marginal KL (no second estimate of it)
     assert "rate" not in r["surgery"]
     assert r["test_rate"] == pytest.approx(r["surgery"]["mutual_information"] + r["surgery"]["marginal_kl"])
-    assert r["latent_dims"] == 3 and set(r["stage_seconds"]) == set(STAGES)
+    assert r["latent_dims"] == 3 and set(r["stage_seconds"]) == {stage.name for stage in STAGES}
     assert len(r["kl_per_dimension"]["z"]) == 3 and r["prior_match"]["n"] == 80
     for name in ("reconstructions", "samples", "traversals", "aggregate_posterior", "iwae_vs_k"):
         assert (out / f"{name}.png").stat().st_size > 500
@@ -231,10 +234,10 @@ def _check_html(path, report):
 def test_diagnostics_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
     from ppl_vae.guides import HierarchicalGuide
     from ppl_vae.models import HierarchicalVAE
-    from ppl_vae.report import full_report
 
     layers = dict(x_dim=64, z_dims=(4, 2), hidden=((16,), (8,)))
-    report = full_report(HierarchicalVAE(**layers), HierarchicalGuide(**layers), torch.bernoulli(torch.rand(20, 64)), k=10)
+    x = torch.bernoulli(torch.rand(20, 64))
+    report = score(HierarchicalVAE(**layers), HierarchicalGuide(**layers), x, level="full", k=10)
     assert "one latent site" in report["surgery"]["skipped"]
     assert "one latent site" in report["prior_match"]["skipped"]
     assert np.isfinite(report["log_px"])

@@ -12,8 +12,8 @@ import pytest
 from ppl_vae import TrainConfig, Trainer, TrainingError
 from ppl_vae.cli import main
 from ppl_vae.data import load_dataset
-from ppl_vae.experiment import write_json
 from ppl_vae.guides import MeanFieldGuide
+from ppl_vae.run_folder import write_json
 
 from helpers import PoisonedDecoderVAE
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ppl_vae import TrainConfig, Trainer, get_objective
-from ppl_vae.experiment import build_pair
+from ppl_vae.pair import build_pair
 from ppl_vae.step import CompiledStep, EagerStep, make_step
 
 from helpers import AffineGuide
@@ -298,7 +298,7 @@ def test_a_resumed_compiled_run_equals_an_uninterrupted_one(tmp_path):
 @pytest.mark.parametrize("which", ["vae", "hierarchical"])
 def test_compiled_log_px_equals_eager_log_px_on_the_same_seed(which):
     from ppl_vae import log_px
-    from ppl_vae.evaluate import _GRAPHS
+    from ppl_vae.importance_sampling import _GRAPHS
 
     pyro.set_rng_seed(0)
     if which == "vae":
@@ -326,7 +326,7 @@ def test_compiled_log_px_equals_eager_log_px_on_the_same_seed(which):
 
 def test_log_px_of_a_pair_that_cannot_be_captured_runs_eagerly():
     from ppl_vae import log_px
-    from ppl_vae.evaluate import LogWeights
+    from ppl_vae.importance_sampling import LogWeights
 
     decoder = nn.Linear(2, X_DIM)
 

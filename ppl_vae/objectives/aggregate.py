@@ -168,12 +168,4 @@ def sparse_ae(lam: float = 0.1, site=None, k: int = 1, max_plate_nesting=None):
     return AggregatePenalized("l1", lam, 0.0, site=site, num_particles=k, max_plate_nesting=max_plate_nesting, name="sparse_ae")
 
 
-AGGREGATE_OBJECTIVES = {
-    "infovae": infovae,
-    "mmd": infovae,
-    "wae_mmd": wae_mmd,
-    "swae": swae,
-    "cwae": cwae,
-    "sparse_ae": sparse_ae,
-}
 NO_KL = ("wae_mmd", "swae", "cwae", "sparse_ae")  # beta and warm-up scale a KL term these do not have

@@ -23,7 +23,7 @@ import torch
 from ..sites import SiteTerms, guess_max_plate_nesting, site_terms
 
 
-def _at_fixed(fn, value: torch.Tensor) -> torch.Tensor:
+def at_fixed_sample(fn, value: torch.Tensor) -> torch.Tensor:
     """``log fn(value)`` at a detached value, or a clear error where ``fn`` cannot evaluate it."""
     try:
         return fn.log_prob(value.detach())
@@ -41,7 +41,7 @@ def path_only(fn, value: torch.Tensor) -> torch.Tensor:
     ``log q(z; phi) - [log q(sg z; phi) - sg(.)]``: same value, the score term at fixed
     z subtracted. Works for any distribution, flows included.
     """
-    at_fixed = _at_fixed(fn, value)
+    at_fixed = at_fixed_sample(fn, value)
     return fn.log_prob(value) - (at_fixed - at_fixed.detach())
 
 
@@ -59,7 +59,7 @@ def path_log_weights(terms: SiteTerms) -> torch.Tensor:
     out = terms.log_weights()
     for name in terms.guide_terms:
         site, value = fixed.nodes[name], terms.guide_trace.nodes[name]["value"]
-        at_fixed = _at_fixed(site["fn"], value)
+        at_fixed = at_fixed_sample(site["fn"], value)
         out = out + terms.reduce(name, at_fixed - at_fixed.detach(), guide=True)
     return out
 

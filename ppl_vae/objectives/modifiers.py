@@ -9,7 +9,9 @@ In Pyro terms ``beta_t`` is a ``poutine.scale`` of every latent site, in the mod
 in the guide, and of no observed site: one messenger serves every objective. For an
 importance-weighted bound it weights ``log p(z) - log q(z|x)`` inside each log-weight.
 ``t`` counts optimizer steps (``warmup``) or epochs (``warmup_epochs``); the trainer
-reports progress through :meth:`LatentScaled.set_progress`.
+reports progress through :meth:`LatentScaled.set_progress`. Used as a plain Pyro loss
+(``SVI(..., loss=objective)``), with no trainer to report progress, the objective counts the
+steps itself: each call with gradients enabled is one step (``warmup_epochs`` needs a trainer).
 """
 
 from __future__ import annotations
@@ -55,12 +57,26 @@ class LatentScaled:
         self.objective, self.beta = objective, float(beta)
         self.warmup, self.warmup_epochs = int(warmup), int(warmup_epochs)
         self.step = self.epoch = 0
+        self.driven = False  # a trainer reports progress; without one, each training call is a step
         # under a schedule beta_t changes every step: it is a tensor, so a compiled step reads it as an input
         self._beta_t: torch.Tensor | None = None
 
     def set_progress(self, step: int, epoch: int) -> None:
         """Optimizer steps and whole epochs done so far (called by the trainer before each step)."""
+        self.driven = True
         self.step, self.epoch = step, epoch
+        if self._beta_t is not None:
+            self._beta_t.fill_(self.current_beta)
+
+    def _count_own_step(self) -> None:
+        """Without a trainer: this call is the next step (a plain SVI loop)."""
+        if self.driven or not (self.warmup or self.warmup_epochs):
+            return
+        if self.warmup_epochs:
+            raise ValueError(
+                "warmup_epochs counts epochs, which only a trainer knows (ppl_vae.Trainer, ppl-vae train); in a plain "
+                "SVI loop give the warm-up in steps: warmup=STEPS"
+            )
         if self._beta_t is not None:
             self._beta_t.fill_(self.current_beta)
 
@@ -86,7 +102,11 @@ class LatentScaled:
         return scale_latents(model, b), scale_latents(guide, b)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        return self.objective.differentiable_loss(*self._pair(model, guide, args), *args, **kwargs)
+        self._count_own_step()
+        loss = self.objective.differentiable_loss(*self._pair(model, guide, args), *args, **kwargs)
+        if not self.driven and torch.is_grad_enabled():
+            self.step += 1
+        return loss
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         return self.objective.loss(*self._pair(model, guide, args), *args, **kwargs)

@@ -1,0 +1,99 @@
+"""What a trainer's checkpoint holds and how a run resumes from it: everything an exact resume
+needs (parameters, optimizer, schedule, history, the epoch in progress: its data order, partial
+loss and skipped batches, and every rank's random state), written atomically
+(:mod:`ppl_vae.checkpoint`), and the checks that refuse a checkpoint of another run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .device import rng_state, set_rng_state
+
+
+def same_run_settings(config: TrainConfig, saved: TrainConfig) -> list[str]:
+    """Each setting of ``config`` that makes it another run than ``saved`` (``name: old -> new``);
+    objective specs are compared with every default filled in (``iwae`` is ``iwae:k=5``)."""
+    from .objectives import resolve_spec
+
+    def resolved(cfg: TrainConfig) -> TrainConfig:
+        try:
+            return replace(cfg, objective=resolve_spec(cfg.objective))
+        except ValueError:  # a name this version does not know: compared as written
+            return cfg
+
+    return resolved(config).changes_from(resolved(saved))
+
+
+def save_training(trainer, path: str | os.PathLike) -> Path | None:
+    """Write everything an exact resume of ``trainer`` needs (parameters, optimizer, schedule,
+    history, the epoch in progress: its data order, partial loss and skipped batches, and every
+    rank's random state). Under torchrun every rank calls it (their RNG states are gathered) and
+    rank 0 writes; others return None."""
+    rngs = distributed.gather_objects(rng_state())
+    if not distributed.is_main():
+        return None
+    extra = {"world_size": len(rngs), "rng_ranks": rngs} if len(rngs) > 1 else {}
+    total = trainer.epoch_total if trainer.epoch_total is not None else torch.zeros(())
+    return save_checkpoint(
+        {
+            "config": asdict(trainer.config),
+            "params": trainer.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "epoch": trainer.epoch,
+            "step": trainer.step,
+            "batch_in_epoch": trainer.batch_in_epoch,
+            "epoch_order": trainer.epoch_order.cpu(),
+            "epoch_total": total.detach().cpu(),
+            "epoch_skipped": trainer.epoch_skipped,
+            "rng": rngs[0],
+            "history": trainer.history,
+            **extra,
+        },
+        path,
+    )
+
+
+def resume_training(trainer, path: str | os.PathLike) -> None:
+    """Load the state :func:`save_training` wrote into ``trainer``, refusing a checkpoint of another
+    run (each changed setting named with its old and new value), of more epochs than the
+    trainer is asked for, or of another number of processes."""
+    state = load_checkpoint(path)  # on the CPU: RNG states must stay there; parameters are copied over
+    try:
+        saved = TrainConfig.from_dict(state["config"], epochs=1)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
+    changed = same_run_settings(trainer.config, saved)
+    if changed:
+        raise CheckpointError(
+            f"checkpoint {path} was written with other settings ({'; '.join(changed)}): resume with the same "
+            "settings, or start a new run in another folder (or with --overwrite)"
+        )
+    if state["epoch"] > trainer.config.epochs:
+        raise CheckpointError(
+            f"checkpoint {path} has trained {state['epoch']} epochs, more than the {trainer.config.epochs} asked for: "
+            f"resume with --epochs {state['epoch']} or more (the run is already past {trainer.config.epochs})"
+        )
+    saved_world, world = state.get("world_size", 1), distributed.world_size()
+    if saved_world != world:
+        raise CheckpointError(
+            f"checkpoint {path} was written by {saved_world} process(es) and this run has {world}: the global batch "
+            f"and data order depend on it; resume with torchrun --nproc-per-node {saved_world}"
+            if saved_world > 1
+            else f"checkpoint {path} was written by {saved_world} process(es) and this run has {world}: resume without torchrun"
+        )
+    trainer.load_params(state["params"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.epoch, trainer.step, trainer.history = state["epoch"], state["step"], list(state["history"])
+    trainer.batch_in_epoch, trainer.epoch_order = state["batch_in_epoch"], state["epoch_order"]
+    trainer.epoch_total = state["epoch_total"].to(trainer.device)
+    trainer.epoch_skipped = state["epoch_skipped"]
+    set_rng_state(state["rng_ranks"][distributed.rank()] if world > 1 else state["rng"])
