@@ -17,6 +17,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import prune_subsample_sites
 
+from . import param_store
 from .pixels import DataError, check_data
 from .sites import ContractError, SiteTerms, site_terms
 
@@ -65,16 +66,10 @@ def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data
     once (what IWAE and log p(x) need). Returns the site terms of the one-sample run."""
     check_data(x, what, unit_interval=False, flat=False)
     first = x[:2]
-    with pyro.validation_enabled(False):  # the support is checked below, on every point, with a clearer message
-        try:
-            terms = site_terms(model, guide, first, num_particles=1)
-        except ContractError:
-            raise
-        except Exception as err:
-            _run_pieces(model, guide, first, what, tuple(x.shape))  # names the function that fails on its own
-            raise ValueError(f"the model and guide cannot be scored on {what}: {_first_line(err)}{_where(err)}") from None
-        if particles:
-            _check_broadcasting(model, guide, first, what)
+    try:
+        terms = _run_checked(model, guide, first, x.shape, what, particles)
+    finally:
+        param_store.mark_own()  # what the check registered is the pair's, not a user's own
     _check_observed(terms, first, what)
     for name in terms.observed:
         support = terms.model_trace.nodes[name]["fn"].support
@@ -86,6 +81,21 @@ def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data
                 "a Bernoulli likelihood needs binary data: use dynamic or fixed binarisation, or a "
                 "continuous likelihood (gaussian, continuous_bernoulli) for intensities"
             )
+    return terms
+
+
+def _run_checked(model, guide, first: torch.Tensor, shape, what: str, particles: bool) -> SiteTerms:
+    """The one-sample run (and the two-sample one), each failure named."""
+    with pyro.validation_enabled(False):  # the support is checked after, on every point, with a clearer message
+        try:
+            terms = site_terms(model, guide, first, num_particles=1)
+        except ContractError:
+            raise
+        except Exception as err:
+            _run_pieces(model, guide, first, what, tuple(shape))  # names the function that fails on its own
+            raise ValueError(f"the model and guide cannot be scored on {what}: {_first_line(err)}{_where(err)}") from None
+        if particles:
+            _check_broadcasting(model, guide, first, what)
     return terms
 
 

@@ -7,16 +7,14 @@ The spec of a run (data set, model, guide and their options) is stored in the ch
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
 
-from . import hooks
+from . import hooks, param_store
 from .capture import module_of, same_draws
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
@@ -60,30 +58,6 @@ def build_pair(spec: dict[str, Any], x_dim: int, image_shape=None):
     return model, guide
 
 
-class ParamStoreNote(UserWarning):
-    """A Pyro param store that held parameters this package had not created was emptied."""
-
-
-# names of the parameters this package registered: only other names in the store are a user's own
-_OWN_PARAMS: set[str] = set()
-
-
-def fresh_param_store() -> None:
-    """Empty Pyro's param store, as Pyro's examples do before SVI (stale parameters of another
-    pair under the same names would otherwise be trained in place of this pair's); say so when
-    it held parameters that no trainer created."""
-    foreign = sorted(set(pyro.get_param_store().keys()) - _OWN_PARAMS)
-    if foreign:
-        warnings.warn(
-            f"ppl_vae starts a pair from an empty Pyro param store and dropped {len(foreign)} parameter(s) it did not create "
-            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); keep them with "
-            "pyro.get_param_store().get_state() before, and set_state() after, if you need them",
-            ParamStoreNote,
-            stacklevel=4,
-        )
-    pyro.clear_param_store()
-
-
 def capture_params(run_once, device: torch.device) -> dict[str, torch.Tensor]:
     """Every parameter a pair registers, created by ``run_once()`` (the pair or its objective run
     once, drawing no numbers the run would see), as unconstrained tensors by name."""
@@ -95,7 +69,7 @@ def capture_params(run_once, device: torch.device) -> dict[str, torch.Tensor]:
         if id(tensor) not in seen:  # one module registered under two names (Pyro's example VAE)
             seen.add(id(tensor))
             params[name] = tensor
-    _OWN_PARAMS.update(pyro.get_param_store().keys())
+    param_store.mark_own()
     if not params:
         raise ValueError(
             "the model and guide register no parameters: wrap networks with pyro.module(name, net) "
@@ -175,7 +149,7 @@ def restore_pair(
 
     state = load_checkpoint(path)
     spec = _restored_spec(state, path, model, guide, data)
-    fresh_param_store()  # the pair's parameters are the checkpoint's, not those of an earlier pair of the same names
+    param_store.fresh()  # the pair's parameters are the checkpoint's, not those of an earlier pair of the same names
     if "dataset" not in spec and data is not None:
         data = None  # it named the data set itself
     config = TrainConfig.from_dict(dict(state["config"]), device=device, out=None, meta=spec)

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from . import distributed, hooks, progress
+from . import distributed, hooks, param_store, progress
 from .capture import buffers_of, module_of
 from .checkpoint import load_checkpoint
 from .checks import check_output_folder, check_pair_on_data
@@ -28,7 +28,8 @@ from .evaluate import elbo_terms
 from .faults import DEFERRED_READ_EVERY, Interrupted, NanGuard, Stops, TrainingError
 from .importance_sampling import NoDensityError, log_px
 from .objectives import get_objective
-from .pair import ParamStoreNote, capture_params, fresh_param_store, load_params, set_training
+from .pair import capture_params, load_params, set_training
+from .param_store import ParamStoreNote
 from .pixels import as_data_tensor, check_data
 from .run_folder import BEST_NAME, CHECKPOINT_NAME, write_metrics
 from .step import make_step
@@ -80,7 +81,7 @@ class Trainer:
         self.monitor = monitored(config.eval_every)
         self.stopped_early: int | None = None  # the best epoch, when early stopping ended training
         self.best_params: dict[str, torch.Tensor] | None = None  # the best epoch's parameters (this process)
-        fresh_param_store()
+        param_store.fresh()
 
     @property
     def deferred(self):
