@@ -244,7 +244,7 @@ class Stops:
         return self.guard.__exit__(*exc)
 
     def past_deadline(self) -> bool:
-        return self.deadline is not None and self.clock() > self.deadline
+        return self.deadline is not None and self.clock() >= self.deadline
 
     def requested(self) -> bool:
         return self.guard.requested or self.past_deadline()

@@ -8,6 +8,18 @@ from torch import nn
 from ppl_vae.models import VAE, LinearGaussian
 
 
+class StepClock:
+    """A clock that moves ``tick`` seconds each time it is read: a time limit on it counts the trainer's
+    readings (one per step), not the machine's speed."""
+
+    def __init__(self, tick: float = 1.0):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 def correlated_linear_gaussian(x_dim=6, z_dim=2, seed=0):
     return LinearGaussian(x_dim=x_dim, z_dim=z_dim, sigma=0.7, learn=False, seed=seed)
 

@@ -103,21 +103,27 @@ def test_help_explains_every_option():
 
 
 def test_help_answers_without_importing_torch():
-    """``--help`` of every command loads neither torch nor Pyro, and answers in under a second
-    (a generous bound: it takes about 0.05 s here; torch alone took 1.4 s)."""
+    """``--help`` of every command loads neither torch nor Pyro, and answers in a fraction of the time
+    that importing torch alone takes, measured in the same run (so a busy machine slows both)."""
     probe = (
-        "import sys, time; from ppl_vae.cli import main; t = time.perf_counter()\n"
+        "import sys; from ppl_vae.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
         "heavy = sorted(m for m in ('torch', 'pyro', 'arviz') if m in sys.modules)\n"
-        "print('HEAVY', heavy, time.perf_counter() - t, file=sys.stderr)"
+        "print('HEAVY', heavy, file=sys.stderr)"
     )
-    for command in ([], ["train"], ["evaluate"], ["compare"], ["sample"]):
+
+    def seconds(argv):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", probe, *command, "--help"], capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+        return time.perf_counter() - start, proc
+
+    torch_alone, _ = seconds(["-c", "import torch"])
+    for command in ([], ["train"], ["evaluate"], ["compare"], ["sample"]):
+        elapsed, proc = seconds(["-c", probe, *command, "--help"])
         assert proc.returncode == 0 and "usage: ppl-vae" in proc.stdout
         assert "HEAVY []" in proc.stderr, proc.stderr
-        assert elapsed < 1.0, f"ppl-vae {' '.join(command)} --help took {elapsed:.2f} s"
+        # measured here: 0.05 s against 1.4 s for torch
+        assert elapsed < 0.5 * torch_alone, f"ppl-vae {' '.join(command)} --help took {elapsed:.2f} s, torch {torch_alone:.2f} s"
 
 
 def test_every_registry_entry_resolves_to_what_it_names():

@@ -41,6 +41,7 @@ def test_the_posterior_is_strongly_correlated(correlated):
     assert rho < -0.9 and mean_field_gap > 1.0
 
 
+@pytest.mark.slow  # a convergence run: 1,500 steps
 def test_mean_field_stalls_at_the_closed_form_gap(correlated):
     lg, x, _, mean_field_gap = correlated
     gap = _fit_gap(lg, x, "mean_field", steps=1500)
@@ -49,6 +50,7 @@ def test_mean_field_stalls_at_the_closed_form_gap(correlated):
     assert mean_field_gap - 0.01 < gap < mean_field_gap + 0.03
 
 
+@pytest.mark.slow  # convergence runs: 600 steps each
 @pytest.mark.parametrize("name, kw", [("full_cov", {}), ("iaf", {"num_flows": 2})])
 def test_full_covariance_and_iaf_close_the_gap(correlated, name, kw):
     lg, x, _, _ = correlated
