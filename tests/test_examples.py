@@ -1,6 +1,7 @@
 """Every example runs with tiny settings, in a subprocess, and none is left out."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,16 @@ def test_benchmark_runs(name, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text())
+
+
+def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh assembles the package as installed, runs its steps with their time limits
+    and writes one summary; here its first two steps, on the CPU (the CUDA tests skip)."""
+    script = BENCHMARKS / "gpu_check.sh"
+    argv = ["bash", str(script), "--device", "cpu", "--quick", "--steps", "env,cuda_tests", "--out", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["step"] for s in summary["steps"]] == ["env", "cuda_tests"] and summary["all_passed"]
+    assert json.loads((tmp_path / "env.json").read_text())["device"] == "cpu"
+    assert (tmp_path / "cuda_tests.xml").exists()
