@@ -28,7 +28,7 @@ def _data(n=BATCH, seed=0):
 
 
 def _params(objective, model, guide, x):
-    trainer = Trainer(model, guide, TrainConfig(progress=False, compile="off"), objective=objective)
+    trainer = Trainer(model, guide, TrainConfig(progress=False, compile="off", device=str(x.device)), objective=objective)
     trainer._capture_params(x)
     return list(trainer.params.values())
 
