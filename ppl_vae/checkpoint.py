@@ -74,8 +74,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated or foreign files raise many kinds of errors
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a ppl_vae checkpoint): {err}") from None
+    except Exception as err:  # truncated or foreign files raise many kinds of errors; torch's advice to load
+        # them without weights_only (running their pickled code) is not advice to pass on
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: it is truncated or not a ppl_vae checkpoint ({type(err).__name__})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
     return state

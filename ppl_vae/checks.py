@@ -93,7 +93,10 @@ def _run_checked(model, guide, first: torch.Tensor, shape, what: str, particles:
             raise
         except Exception as err:
             _run_pieces(model, guide, first, what, tuple(shape))  # names the function that fails on its own
-            raise ValueError(f"the model and guide cannot be scored on {what}: {_first_line(err)}{_where(err)}") from None
+            # each runs alone, but not under the sample dimension every estimate here puts in front
+            raise _not_broadcasting(
+                err, what, "one sample at a time (as Pyro's Trace_ELBO runs them) but not with a sample dimension"
+            ) from None
         if particles:
             _check_broadcasting(model, guide, first, what)
     return terms
@@ -103,12 +106,15 @@ def _check_broadcasting(model, guide, x: torch.Tensor, what: str) -> None:
     try:
         site_terms(model, guide, x, num_particles=2)
     except Exception as err:
-        raise ValueError(
-            f"the model and guide run on {what} one sample at a time but not with two importance samples at once: "
-            f"{_first_line(err)}{_where(err)}. log p(x) and the importance-weighted objectives draw K samples as one "
-            "more leading dimension, so networks must broadcast over leading dimensions: nn.Linear does; to concatenate "
-            "inputs expand them first, e.g. torch.cat([z, x.expand(z.shape[:-1] + x.shape[-1:])], -1)"
-        ) from None
+        raise _not_broadcasting(err, what, "one sample at a time but not with two importance samples at once") from None
+
+
+def _not_broadcasting(err: BaseException, what: str, how: str) -> ValueError:
+    return ValueError(
+        f"the model and guide run on {what} {how}: {_first_line(err)}{_where(err)}. The objectives and log p(x) draw "
+        "samples as one more leading dimension, so networks must broadcast over leading dimensions: nn.Linear does; "
+        "to concatenate inputs expand them first, e.g. torch.cat([z, x.expand(z.shape[:-1] + x.shape[-1:])], -1)"
+    )
 
 
 def _check_observed(terms: SiteTerms, x: torch.Tensor, what: str) -> None:

@@ -25,7 +25,7 @@ def cmd_train(args) -> int:
     from .run_spec import prepare_train
 
     spec, config = prepare_train(args)
-    result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume, command=args.command_line)
+    result = train_and_report(spec, config, test_k=args.test_k, resume=args.resume, command=args.command_line, force=args.force)
     if result is None:  # a rank other than 0: rank 0 reports
         return 0
     print(format_table(run_rows(result) + [(row.quantity, row.value) for row in report_rows(result)]))
@@ -42,6 +42,7 @@ def cmd_evaluate(args) -> int:
     report, folder = evaluate_checkpoint(
         args.checkpoint, k=args.k, n_points=args.n_points, out=args.out, seed=args.seed, device=args.device,
         compile=args.compile, progress=not args.no_progress, log=_note, command=args.command_line, overwrite=args.overwrite,
+        force=args.force,
         data=args.data, data_dir=args.data_dir, model=args.model, guide=args.guide,
     )  # fmt: skip
     if report is None:  # its share of log p(x) is in rank 0's report
@@ -69,7 +70,15 @@ def cmd_compare(args) -> int:
 
     spec, config, plan = prepare_compare(args)
     rows = compare(
-        spec, config, test_k=args.test_k, resume=args.resume, preset=args.preset, seeds=args.seeds, q_tests=args.q_tests, **plan
+        spec,
+        config,
+        test_k=args.test_k,
+        resume=args.resume,
+        preset=args.preset,
+        seeds=args.seeds,
+        q_tests=args.q_tests,
+        force=args.force,
+        **plan,
     )
     print(markdown_table(rows, columns_for(rows, args.preset == "aggregate")))
     folder = Path(args.out)

@@ -140,6 +140,11 @@ def _add_budget_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--eval-k", type=int, default=100, help="importance samples for validation log p(x) (default: 100)")
     p.add_argument("--test-k", type=int, default=1000, help="importance samples for test log p(x) (default: 1000)")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="score even when log p(x) would take more than half a day (timed on one chunk before training)",
+    )
+    p.add_argument(
         "--out",
         default=None,
         help=f"output folder; it must be new or empty unless --resume or --overwrite (default: a new folder {default_out})",
@@ -341,6 +346,7 @@ def _add_evaluate(sub) -> None:
     )
     _add_checkpoint_options(e, default_out="eval-k<K> beside the checkpoint")
     e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
+    e.add_argument("--force", action="store_true", help="score even when it would take more than half a day")
     e.add_argument("--n-points", type=int, default=0, help="score only the first N test points (default: all)")
     e.add_argument(
         "--html", action="store_true", help="also write evaluation.html: one self-contained file with the tables and pictures"

@@ -118,6 +118,7 @@ def compare(
     variants: list[Variant] | None = None,
     q_tests: bool = False,
     data=None,
+    force: bool = False,
 ) -> list[dict]:
     """Train and score every variant with ``seeds`` seeds (``config.seed`` on); returns one row per
     variant (see :mod:`ppl_vae.compare_table` for the columns).
@@ -139,7 +140,7 @@ def compare(
     if resume:
         check_resumable(runs, out)
     aggregate = preset == "aggregate"
-    options = {"test_k": test_k, "resume": resume, "aggregate_tests": aggregate or q_tests, "data": data}
+    options = {"test_k": test_k, "resume": resume, "aggregate_tests": aggregate or q_tests, "data": data, "force": force}
     results: dict[int, dict] = {}
     try:
         if devices and len(devices) > 1:
@@ -159,7 +160,7 @@ def compare(
     return rows
 
 
-def run_one(run: Run, test_k: int, resume: bool, aggregate_tests: bool, data=None) -> dict:
+def run_one(run: Run, test_k: int, resume: bool, aggregate_tests: bool, data=None, force: bool = False) -> dict:
     """Train and score one run; its result (a failure or divergence is its status)."""
     v = run.variant
     row: dict[str, Any] = {"variant": v.name, "seed": run.seed, "objective": v.objective}
@@ -168,9 +169,8 @@ def run_one(run: Run, test_k: int, resume: bool, aggregate_tests: bool, data=Non
         result = _finished(run.config) if resume else None
         if result is None:
             again = resume and (Path(run.config.out) / CHECKPOINT_NAME).exists()
-            result = train_and_report(
-                run.spec, run.config, test_k=test_k, resume=again, aggregate_tests=aggregate_tests, data=data
-            )
+            options = {"test_k": test_k, "resume": again, "aggregate_tests": aggregate_tests, "data": data, "force": force}
+            result = train_and_report(run.spec, run.config, **options)
         keep = ("history", "pictures", "prior_match", *PER_POINT)
         row.update({k: result[k] for k, _ in [*COLUMNS, *AGGREGATE_COLUMNS] if k in result}, status="ok")
         row.update({k: result.get(k) for k in keep}, objective_resolved=result.get("objective_resolved"))

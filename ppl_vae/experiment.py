@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .data import dataset_of, train_x_of
 from .device import seed_everything
 from .epoch_log import best_summary
+from .importance_sampling import check_scoring_time
 from .pair import build_pair, check_pair_names, restore_pair
 from .run_folder import CHECKPOINT_NAME, RESULT_NAME, evaluation_folder, provenance, write_json
 from .scoring import score
@@ -31,13 +32,15 @@ def train_and_report(
     aggregate_tests: bool = False,
     command: list[str] | None = None,
     data=None,
+    force: bool = False,
 ) -> dict | None:
     """Train per ``spec`` and ``config``, score the test set at the summary level (with the tests
     of q(z) if ``aggregate_tests``), write ``result.json`` and pictures into ``config.out`` and return
     the result. ``config`` is not changed (its ``meta`` in the result is ``spec`` with the image
     shape). ``data``: a :class:`ppl_vae.data.Dataset` to train and score on instead of loading
-    ``spec["dataset"]``. Under torchrun every rank trains; rank 0 writes and returns the result,
-    the others None."""
+    ``spec["dataset"]``. Scoring that would take more than half a day is refused before training
+    unless ``force``. Under torchrun every rank trains; rank 0 writes and returns the result, the
+    others None."""
     data = dataset_of(spec) if data is None else data
     config = replace(config, meta={**spec, "image_shape": list(data.image_shape)})
     seed_everything(config.seed)  # the networks' initial weights follow the seed too
@@ -47,14 +50,16 @@ def train_and_report(
     val_x = data.eval_x("val", trainer.device)
     # the test split is scored after training: refuse it now, not after the last epoch
     hooks.refresh(model, train_x.to(trainer.device))
-    check_pair_on_data(model, guide, data.eval_x("test", trainer.device), "test data")
+    test_x = data.eval_x("test", trainer.device)
+    check_pair_on_data(model, guide, test_x, "test data", particles=test_k > 1)
+    check_scoring_time(model, guide, test_x, test_k, force)
     history = trainer.fit(train_x, val_x, dynamic=dynamic, resume=resume)
     # with early stopping the run's answer is its best epoch (as Keras' restore_best_weights)
     scored_epoch = trainer.restore_best() if config.early_stop else None
     trainer.set_training(False)
     out = Path(config.out) if config.out else None
     result = score(
-        model, guide, data.eval_x("test", trainer.device), k=test_k, seed=config.seed, compile=config.compile,
+        model, guide, test_x, k=test_k, seed=config.seed, compile=config.compile,
         progress=config.progress, labels=data.test.labels, image_shape=data.image_shape, out=out, prior_tests=aggregate_tests,
     )  # fmt: skip
     if result is None:  # another rank than 0 under torchrun: its share of log p(x) is in rank 0's result
@@ -108,6 +113,7 @@ def evaluate_checkpoint(
     log=None,
     command: list[str] | None = None,
     overwrite: bool = False,
+    force: bool = False,
     **where,
 ) -> tuple[dict | None, Path]:
     """The full report of a checkpoint on its test split (the first ``n_points``, 0 = all) with
@@ -127,6 +133,7 @@ def evaluate_checkpoint(
     seed_everything(seed)
     x = data.eval_x("test", pair.device)
     x = x[:n_points] if n_points else x
+    check_scoring_time(pair.model, pair.guide, x, k, force)
     report = score(
         pair.model, pair.guide, x, level="full", k=k, seed=seed, compile=compile, progress=progress,
         labels=data.test.labels, image_shape=data.image_shape, out=folder, log=log,

@@ -22,6 +22,7 @@ import torch
 
 from . import capture, distributed
 from . import progress as bars
+from .budget import log_px_seconds, refuse_long_scoring, sample_width, scoring_chunk
 from .capture import CaptureError, buffers_of, module_of, params_of, same_draws, why
 from .config import COMPILE_MODES
 from .device import tf32_matmul
@@ -223,7 +224,8 @@ def log_px(
         :class:`LogPx` with mean, standard errors and per-point estimates.
     """
     with tf32_matmul(tf32):
-        x = _checked(model, guide, x, k, compile)
+        x, terms = _checked(model, guide, x, k, compile)
+        batch_size, chunk_k = scoring_chunk(batch_size, chunk_k, sample_width(model, guide, terms), x.device)
         mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
         refuse_point_masses(model, guide, x[:1], mpn)
         compiled = compile == "on" or (compile == "auto" and k * x.shape[0] >= AUTO_COMPILE_POINT_SAMPLES)
@@ -237,8 +239,9 @@ def log_px(
     return _combine([done[i] for i in range(len(batches))], k)
 
 
-def _checked(model, guide, x, k: int, compile: str) -> torch.Tensor:
-    """``x`` as a float tensor, refused with the reason where the trainer would refuse it."""
+def _checked(model, guide, x, k: int, compile: str):
+    """``x`` as a float tensor, refused with the reason where the trainer would refuse it, and the
+    site terms of one run of the pair on it."""
     from .checks import check_pair_on_data
 
     if k < 1:
@@ -250,8 +253,7 @@ def _checked(model, guide, x, k: int, compile: str) -> torch.Tensor:
         raise ValueError(f"log_px needs a batch of points (N, ...), got shape {tuple(x.shape)}: for one point pass x[None]")
     if x.shape[0] == 0:
         raise ValueError("log_px needs at least one data point; x is empty")
-    check_pair_on_data(model, guide, x, "log_px data", particles=k > 1)
-    return x
+    return x, check_pair_on_data(model, guide, x, "log_px data", particles=k > 1)
 
 
 def _estimate(batches, k, chunk_k, log_weights, ladder, psis, seed, show) -> dict:
@@ -330,3 +332,21 @@ def _one_batch(xb, k, chunk_k, log_weights, ladder, psis, bar):
     # Var(mean w) / (mean w)^2 = (E[w^2] / E[w]^2 - 1) / K, the delta-method variance of log p^
     rel_var = (torch.exp(lse2 - math.log(k) - 2 * est) - 1.0).clamp(min=0) / k
     return est, rel_var, lad, k_hat
+
+
+def check_scoring_time(
+    model, guide, x: torch.Tensor, k: int, force: bool = False, chunk_k: int = 100, batch_size: int = 500
+) -> float:
+    """How long :func:`log_px` with ``k`` samples on ``x`` will take, from one timed chunk; refused
+    (:func:`ppl_vae.budget.refuse_long_scoring`) beyond half a day unless ``force``, and said up front
+    when it is longer than a minute. Cheap work (K x N below 10^6) is not timed (returns 0)."""
+    if k * x.shape[0] < 1_000_000:
+        return 0.0
+    chunk_k, batch = min(chunk_k, k), min(batch_size, x.shape[0])
+    with same_draws(x.device):
+        seconds = log_px_seconds(lambda: log_px(model, guide, x[:batch], k=chunk_k, chunk_k=chunk_k, compile="off"),
+                                 x.shape[0], k, chunk_k, batch)  # fmt: skip
+    refuse_long_scoring(seconds, k, x.shape[0], force)
+    if seconds > 60:
+        bars.write(f"log p(x) with K={k:,} on {x.shape[0]:,} points will take about {seconds / 60:,.1f} min (timed on one chunk)")
+    return seconds

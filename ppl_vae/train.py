@@ -17,6 +17,7 @@ import time
 import torch
 
 from . import distributed, hooks, param_store, progress
+from .budget import check_training_memory, sample_width
 from .capture import buffers_of, module_of
 from .checkpoint import load_checkpoint
 from .checks import check_output_folder, check_pair_on_data
@@ -27,7 +28,7 @@ from .epoch_log import MONITOR_NAMES, TensorBoardLog, best_row, epoch_line, keep
 from .evaluate import elbo_terms
 from .faults import DEFERRED_READ_EVERY, Interrupted, NanGuard, Stops, TrainingError
 from .importance_sampling import NoDensityError, log_px
-from .objectives import get_objective
+from .objectives import get_objective, num_particles
 from .pair import capture_params, load_params, set_training
 from .param_store import ParamStoreNote
 from .pixels import as_data_tensor, check_data
@@ -167,9 +168,11 @@ class Trainer:
         rank, world = distributed.rank(), distributed.world_size()
         seed_everything(cfg.seed + rank)  # each rank its own draws; one shared generator orders the data
         batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic, rank=rank, world=world)
-        self._check_pair(batches, val_x, dynamic)
+        terms = self._check_pair(batches, val_x, dynamic)
         first = batches.x[:2]
         self._capture_params(torch.bernoulli(first) if dynamic else first)
+        width = sample_width(self.model, self.guide, terms)
+        check_training_memory(list(self.params.values()), cfg.batch_size, num_particles(self.objective), width, self.device)
         # every rank starts from rank 0's parameters and buffers, as DDP's constructor makes them
         distributed.broadcast_tensors(list(self.params.values()) + buffers_of(self.model, self.guide))
         if cfg.out and distributed.is_main():
@@ -184,10 +187,10 @@ class Trainer:
         self.tensorboard = TensorBoardLog(cfg.out, self.epoch) if cfg.tensorboard and distributed.is_main() else None
         return batches, val_x
 
-    def _check_pair(self, batches: DeviceBatches, val_x, dynamic: bool) -> None:
+    def _check_pair(self, batches: DeviceBatches, val_x, dynamic: bool):
         """The pair on the data before any work: shapes, the contract, the observed support, and a
         point-mass guide only with an objective that has no density to evaluate."""
-        from .objectives import accepts_point_masses, num_particles
+        from .objectives import accepts_point_masses
 
         hooks.refresh(self.model, batches.x)
         if dynamic:  # intensities, binarised on the device each epoch
@@ -208,6 +211,7 @@ class Trainer:
                 "swae, cwae, sparse_ae) with this guide, or a stochastic guide (mean_field, ...)"
             )
         self.monitor = monitored(self.config.eval_every, density=not point_masses)
+        return terms
 
     def _choose_step(self, batches: DeviceBatches, dynamic: bool) -> None:
         cfg = self.config

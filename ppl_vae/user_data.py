@@ -129,22 +129,27 @@ def _read_raw(path: Path) -> dict[str, np.ndarray]:
     if path.suffix not in (".npy", ".npz"):
         raise DataError(f"data path {path}: expected an .npz or .npy file, or a folder of images")
     kind = "an .npy array" if path.suffix == ".npy" else "an .npz archive of arrays"
-    raw = {}
     try:
-        if path.suffix == ".npy":
-            return {"x_train": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as f:
-            if "x_train" not in f.files:
-                raise DataError(f"{path} has no array 'x_train' (it has {f.files}); name the training points x_train")
-            for key in ("x_train", "x_val", "x_valid", "x_test", "y_train", "y_val", "y_valid", "y_test"):
-                if key in f.files:
-                    raw[key.replace("valid", "val")] = f[key]
+        with open(path, "rb") as handle:  # closed even when numpy fails half-way through a truncated archive
+            return _arrays(handle, path)
     except DataError:
         raise
     except Exception:  # truncated archives (BadZipFile), random bytes, pickled objects: one message for all
         raise DataError(
             f"cannot read {path} as {kind}: it is truncated, or not a NumPy file (write it with numpy.save or numpy.savez)"
         ) from None
+
+
+def _arrays(handle, path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".npy":
+        return {"x_train": np.load(handle, allow_pickle=False)}
+    raw = {}
+    with np.load(handle, allow_pickle=False) as f:
+        if "x_train" not in f.files:
+            raise DataError(f"{path} has no array 'x_train' (it has {f.files}); name the training points x_train")
+        for key in ("x_train", "x_val", "x_valid", "x_test", "y_train", "y_val", "y_valid", "y_test"):
+            if key in f.files:
+                raw[key.replace("valid", "val")] = f[key]
     return raw
 
 

@@ -14,7 +14,7 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 # lower layers first; an import may point to its own layer or a lower one, never up
 LAYERS = [
     # foundations: names, configuration, data, devices, files, traces, graphs
-    {"registry", "config", "device", "pixels", "param_store", "user_data", "data", "distributed", "checkpoint", "hooks", "progress",
+    {"registry", "config", "device", "pixels", "param_store", "budget", "user_data", "data", "distributed", "checkpoint", "hooks", "progress",
      "run_folder", "user_code", "sites", "capture", "checks", "nn", "__init__"},
     {"models", "guides"},  # generative models and guides
     {"objectives"},  # training objectives
