@@ -22,6 +22,7 @@ BYTES = 4  # float32
 TRAINING_COPIES, ACTIVATION_COPIES = 4, 3
 SCORING_SHARE = 0.25  # the share of the free memory one chunk of log p(x) may take
 MAX_SCORING_SECONDS = 12 * 3600  # beyond this, log p(x) is refused unless forced
+MAX_K = 1_000_000  # and beyond this many samples per point (Burda et al. used 5,000)
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -91,6 +92,12 @@ def log_px_seconds(chunk, points: int, k: int, chunk_k: int, batch: int) -> floa
 
 
 def refuse_long_scoring(seconds: float, k: int, points: int, force: bool) -> None:
+    if k > MAX_K and not force:
+        raise ValueError(
+            f"K={k:,} importance samples per point is far beyond what log p(x) needs (Burda et al. used 5,000; the "
+            f"IWAE-by-K row of ppl-vae evaluate shows when it stops rising) and would take about {seconds / 3600:,.1f} "
+            "hours here: lower --k/--test-k, or pass --force to run it anyway"
+        )
     if seconds > MAX_SCORING_SECONDS and not force:
         raise ValueError(
             f"log p(x) with K={k:,} importance samples on {points:,} points would take about {seconds / 3600:,.0f} hours "

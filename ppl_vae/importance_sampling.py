@@ -338,8 +338,9 @@ def check_scoring_time(
     model, guide, x: torch.Tensor, k: int, force: bool = False, chunk_k: int = 100, batch_size: int = 500
 ) -> float:
     """How long :func:`log_px` with ``k`` samples on ``x`` will take, from one timed chunk; refused
-    (:func:`ppl_vae.budget.refuse_long_scoring`) beyond half a day unless ``force``, and said up front
-    when it is longer than a minute. Cheap work (K x N below 10^6) is not timed (returns 0)."""
+    (:func:`ppl_vae.budget.refuse_long_scoring`) beyond half a day, or beyond a million samples per
+    point, unless ``force``, and said up front when it is longer than a minute. Cheap work (K x N
+    below 10^6) is not timed (returns 0)."""
     if k * x.shape[0] < 1_000_000:
         return 0.0
     chunk_k, batch = min(chunk_k, k), min(batch_size, x.shape[0])

@@ -267,14 +267,19 @@ def test_scoring_that_would_take_days_is_refused_before_training_unless_forced(t
 
     argv = ["train", "--dataset", "digits", "--z-dim", "2", "--hidden", "8", "--test-k", "100000000", "--epochs", "1"]
     code, out = _run([*argv, "--no-progress", "--device", "cpu", "--out", str(tmp_path)], capsys)
-    assert code == 2 and "would take about" in out and "hours" in out and "--force" in out
+    assert code == 2 and "far beyond what log p(x) needs" in out and "hours" in out and "--force" in out
     assert not (tmp_path / "checkpoint.pt").exists()
     from ppl_vae.guides import MeanFieldGuide
     from ppl_vae.models import VAE
 
     x = torch.bernoulli(torch.full((200, 64), 0.3))
     model, guide = VAE(x_dim=64, z_dim=2, hidden=(8,)), MeanFieldGuide(x_dim=64, z_dim=2, hidden=(8,))
-    assert check_scoring_time(model, guide, x, 10**9, force=True) > 12 * 3600  # timed on one chunk, not run
+    assert check_scoring_time(model, guide, x, 10**12, force=True) > 12 * 3600  # timed on one chunk, not run
+    from ppl_vae.budget import refuse_long_scoring
+
+    with pytest.raises(ValueError, match="would take about 14 hours"):  # a K below the cap, but more than half a day
+        refuse_long_scoring(14 * 3600, 5000, 10**7, force=False)
+    refuse_long_scoring(14 * 3600, 5000, 10**7, force=True)
 
 
 # --------------------------------------------------------------------------- objectives under plain Pyro
