@@ -65,6 +65,33 @@ def patience_ran_out(history: list[dict], monitor: str, patience: int) -> dict |
     return best if measured[-1]["epoch"] - best["epoch"] >= patience else None
 
 
+def early_stop(history: list[dict], monitor: str, patience: int, epoch: int) -> tuple[int, str] | None:
+    """``(best epoch, the line saying why)`` once ``patience`` epochs have passed since the best
+    epoch, else None; read from the history, so a resumed run stops where it stopped."""
+    best = patience_ran_out(history, monitor, patience)
+    if best is None:
+        return None
+    line = (
+        f"early stop after epoch {epoch}: {MONITOR_NAMES[monitor]} has not improved for {epoch - best['epoch']} epochs "
+        f"(patience {patience}); the best, {best[monitor]:.2f} at epoch {best['epoch']}, is in best.pt"
+    )
+    return best["epoch"], line
+
+
+def best_parameters(history: list[dict], monitor: str, kept: dict | None, path: Path | None) -> tuple[int | None, dict | None]:
+    """The best epoch and its parameters: those ``kept`` in memory, or ``best.pt`` at ``path`` (after a
+    resume); ``(None, None)`` when there is none."""
+    from .checkpoint import load_checkpoint
+
+    best = best_row(history, monitor)
+    if best is None:
+        return None, None
+    params = kept
+    if params is None and path is not None and path.exists():
+        params = load_checkpoint(path)["params"]
+    return (best["epoch"], params) if params is not None else (None, None)
+
+
 def keep_as_best(checkpoint: Path) -> Path:
     """Copy ``checkpoint`` to ``best.pt`` beside it, atomically (a copy then a rename), so a
     crash leaves the previous best whole."""
@@ -123,3 +150,17 @@ def epoch_line(row: dict, epochs: int) -> str:
     if row.get("skipped_batches"):
         shown.append(f"skipped {row['skipped_batches']}")
     return f"epoch {row['epoch']}/{epochs}: {', '.join(shown)}, {row['seconds']:.2f} s"
+
+
+def log_epoch(row: dict, history: list[dict], config, tensorboard: TensorBoardLog | None, written: bool) -> None:
+    """A finished epoch's logs: ``metrics.csv`` (where a checkpoint was ``written``), TensorBoard,
+    and one line on standard output when asked or when no progress bar shows (rank 0 alone)."""
+    from . import distributed, progress
+    from .run_folder import write_metrics
+
+    if written:
+        write_metrics(history, config.out)
+    if tensorboard is not None:
+        tensorboard.write(row)
+    if (config.epoch_lines or (config.progress and not progress.is_terminal())) and distributed.is_main():
+        print(epoch_line(row, config.epochs), flush=True)

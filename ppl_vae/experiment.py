@@ -132,6 +132,8 @@ def evaluate_checkpoint(
     pair, data = _restore(checkpoint, folder, device, **where)
     seed_everything(seed)
     x = data.eval_x("test", pair.device)
+    if n_points > x.shape[0]:
+        pair.notes.append(f"--n-points {n_points}: the test split has {x.shape[0]} points, all of them scored")
     x = x[:n_points] if n_points else x
     check_scoring_time(pair.model, pair.guide, x, k, force)
     report = score(

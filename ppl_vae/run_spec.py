@@ -87,6 +87,10 @@ def check_run_arguments(args) -> None:
         raise ValueError(f"--hidden widths must be positive, got {','.join(map(str, args.hidden))}")
     if args.z_dims is not None and (not args.z_dims or any(d < 1 for d in args.z_dims)):
         raise ValueError(f"--z-dims must be positive sizes, got {args.z_dims}")
+    for name in ("lr", "lr_decay"):
+        value = getattr(args, name)
+        if not value > 0 or (name == "lr_decay" and value > 1):
+            raise ValueError(f"{_flag(name)} must be {'in (0, 1]' if name == 'lr_decay' else 'positive'}, got {value:g}")
     if args.time_limit < 0:
         raise ValueError(f"--time-limit must be 0 (no limit) or a positive number of minutes, got {args.time_limit:g}")
     _check_data_source(args)

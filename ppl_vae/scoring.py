@@ -249,3 +249,24 @@ def score(model, guide, x: torch.Tensor, level: str = "summary", log=None, **opt
     s.report["stage_seconds"] = seconds
     s.report["eval_seconds"] = time.perf_counter() - start
     return s.report
+
+
+def validation(model, guide, x: torch.Tensor, config, epoch: int, density: bool = True) -> dict:
+    """A training epoch's validation row: ELBO, rate and distortion (distortion only for a point-mass
+    guide), and log p(x) with ``config.eval_k`` samples every ``config.eval_every`` epochs and at the
+    last, drawn from its own seed (the same however many ranks share the points), in full float32."""
+    from .device import tf32_matmul
+
+    with tf32_matmul(False):
+        terms = elbo_terms(model, guide, x)
+        if not density:  # a point mass has no density: no ELBO, no log p(x)
+            return {"val_distortion": terms.distortion}
+        row = {"val_elbo": terms.elbo, "val_rate": terms.rate, "val_distortion": terms.distortion}
+        every = config.eval_every
+        if every and (epoch % every == 0 or epoch == config.epochs):
+            try:
+                est = log_px(model, guide, x, k=config.eval_k, seed=config.seed + epoch, compile=config.compile)
+            except NoDensityError:
+                return row
+            row.update(val_log_px=est.log_px, val_log_px_se=est.log_px_se, val_k=est.k)
+    return row

@@ -19,22 +19,20 @@ import torch
 from . import distributed, hooks, param_store, progress
 from .budget import check_training_memory, sample_width
 from .capture import buffers_of, module_of
-from .checkpoint import load_checkpoint
-from .checks import check_output_folder, check_pair_on_data
+from .checks import check_output_folder
 from .config import NAN_CHECKS, NAN_POLICIES, TrainConfig
 from .data import DeviceBatches
 from .device import resolve_device, seed_everything, tf32_matmul
-from .epoch_log import MONITOR_NAMES, TensorBoardLog, best_row, epoch_line, keep_as_best, monitored, patience_ran_out
-from .evaluate import elbo_terms
+from .epoch_log import TensorBoardLog, best_parameters, best_row, early_stop, keep_as_best, log_epoch, monitored
 from .faults import DEFERRED_READ_EVERY, Interrupted, NanGuard, Stops, TrainingError
-from .importance_sampling import NoDensityError, log_px
 from .objectives import get_objective, num_particles
 from .pair import capture_params, load_params, set_training
 from .param_store import ParamStoreNote
-from .pixels import as_data_tensor, check_data
-from .run_folder import BEST_NAME, CHECKPOINT_NAME, write_metrics
-from .step import make_step
-from .train_state import resume_training, save_training
+from .pixels import as_data_tensor
+from .run_folder import BEST_NAME, CHECKPOINT_NAME
+from .scoring import validation
+from .train_setup import check_training_pair, choose_step
+from .train_state import kept_checkpoint, resume_training, save_training
 
 __all__ = ["NAN_CHECKS", "NAN_POLICIES", "Interrupted", "ParamStoreNote", "TrainConfig", "Trainer", "TrainingError", "stage_lr"]
 
@@ -119,13 +117,7 @@ class Trainer:
         return None if path is None else save_training(self, path)
 
     def _kept_checkpoint(self) -> str:
-        """What an error can truthfully say of the checkpoint."""
-        path = self._checkpoint_path()
-        if path is None:
-            return "no checkpoint was asked for"
-        if not path.exists():
-            return f"no checkpoint was written yet ({path} does not exist)"
-        return f"the last good checkpoint {path} is kept"
+        return kept_checkpoint(self._checkpoint_path())
 
     # ------------------------------------------------------------------ the loop
 
@@ -168,7 +160,7 @@ class Trainer:
         rank, world = distributed.rank(), distributed.world_size()
         seed_everything(cfg.seed + rank)  # each rank its own draws; one shared generator orders the data
         batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic, rank=rank, world=world)
-        terms = self._check_pair(batches, val_x, dynamic)
+        terms = check_training_pair(self, batches, val_x, dynamic)
         first = batches.x[:2]
         self._capture_params(torch.bernoulli(first) if dynamic else first)
         width = sample_width(self.model, self.guide, terms)
@@ -183,55 +175,9 @@ class Trainer:
                 raise ValueError("resume needs config.out, the folder holding the checkpoint")
             resume_training(self, path)
         self.epoch_order = batches.state() if self.epoch_order is None else self.epoch_order
-        self._choose_step(batches, dynamic)
+        choose_step(self, batches, dynamic)
         self.tensorboard = TensorBoardLog(cfg.out, self.epoch) if cfg.tensorboard and distributed.is_main() else None
         return batches, val_x
-
-    def _check_pair(self, batches: DeviceBatches, val_x, dynamic: bool):
-        """The pair on the data before any work: shapes, the contract, the observed support, and a
-        point-mass guide only with an objective that has no density to evaluate."""
-        from .objectives import accepts_point_masses
-
-        hooks.refresh(self.model, batches.x)
-        if dynamic:  # intensities, binarised on the device each epoch
-            check_data(batches.x, "training data (intensities for dynamic binarisation)", flat=False)
-        cfg = self.config
-        scored = val_x is not None and cfg.eval_every > 0 and cfg.eval_k > 1  # validation log p(x) draws eval_k at once
-        particles = scored or num_particles(self.objective) > 1
-        x = torch.bernoulli(batches.x) if dynamic else batches.x
-        terms = check_pair_on_data(self.model, self.guide, x, "training data", particles=particles)
-        if val_x is not None:
-            check_pair_on_data(self.model, self.guide, val_x, "validation data", particles=particles)
-        point_masses = terms.point_masses()
-        if point_masses and not accepts_point_masses(self.objective):
-            raise ValueError(
-                f"guide site '{point_masses[0]}' is a point mass (a deterministic encoder): q(z|x) has no density, so the "
-                f"objective '{self.config.objective}' would not be the bound it is named for (its KL term is undefined; "
-                "what it trains is log p(x|z) + log p(z), a MAP-like objective); use an aggregate objective (wae_mmd, "
-                "swae, cwae, sparse_ae) with this guide, or a stochastic guide (mean_field, ...)"
-            )
-        self.monitor = monitored(self.config.eval_every, density=not point_masses)
-        return terms
-
-    def _choose_step(self, batches: DeviceBatches, dynamic: bool) -> None:
-        cfg = self.config
-        example = batches.x[: cfg.batch_size]
-        params = list(self.params.values())
-        self.step_fn = make_step(
-            cfg.compile,
-            self.objective,
-            self.model,
-            self.guide,
-            params,
-            (example > 0.5).to(example.dtype) if dynamic else example,
-            steps_to_go=(cfg.epochs - self.epoch) * len(batches) - self.batch_in_epoch,
-            log=progress.write,
-        )
-        defer = cfg.nan_check == "deferred" or (cfg.nan_check == "auto" and self.step_fn.compiled and self.device.type == "cuda")
-        if distributed.world_size() > 1:
-            self.step_fn = distributed.DistributedStep(self.step_fn, params, self.device, nan_as_loss=cfg.nan_policy != "off")
-        self.guard = NanGuard(cfg.nan_policy, defer, self.optimizer, self.params, self.model, self.guide, self._kept_checkpoint)
-        self.guard.new_epoch(self.epoch_skipped)  # a resumed epoch keeps its count
 
     def _run_epoch(self, batches: DeviceBatches, val_x, stops: Stops, bar) -> None:
         start = time.perf_counter()
@@ -315,12 +261,7 @@ class Trainer:
             self.best_params = self.state_dict()
             if path is not None:
                 keep_as_best(path)
-        if path is not None:
-            write_metrics(self.history, cfg.out)
-        if self.tensorboard is not None:
-            self.tensorboard.write(row)
-        if (cfg.epoch_lines or (cfg.progress and not progress.is_terminal())) and distributed.is_main():
-            print(epoch_line(row, cfg.epochs), flush=True)
+        log_epoch(row, self.history, cfg, self.tensorboard, written=path is not None)
         if distributed.any_rank(stops.guard.requested, self.device):
             raise Interrupted(self._checkpoint_path())
 
@@ -329,31 +270,20 @@ class Trainer:
     def restore_best(self) -> int | None:
         """Load the best epoch's parameters (kept in memory, or ``best.pt`` after a resume);
         returns that epoch, or None when there is none (no validation data)."""
-        best = best_row(self.history, self.monitor)
-        if best is None:
-            return None
-        params = self.best_params
         path = self._checkpoint_path().with_name(BEST_NAME) if self.config.out else None
-        if params is None and path is not None and path.exists():
-            params = load_checkpoint(path)["params"]
-        if params is None:
-            return None
-        self.load_params(params)
-        return best["epoch"]
+        best, params = best_parameters(self.history, self.monitor, self.best_params, path)
+        if params is not None:
+            self.load_params(params)
+        return best
 
     def _patience_ran_out(self) -> bool:
-        """Early stopping: True (with one line saying so) once ``early_stop`` epochs have passed
-        since the best epoch; read from the history, so a resumed run stops where it stopped."""
-        best = patience_ran_out(self.history, self.monitor, self.config.early_stop)
-        if best is None:
+        """Early stopping (:func:`ppl_vae.epoch_log.early_stop`): the history says whether to stop."""
+        stop = early_stop(self.history, self.monitor, self.config.early_stop, self.epoch)
+        if stop is None:
             return False
-        self.stopped_early = best["epoch"]
+        self.stopped_early, line = stop
         if distributed.is_main():
-            progress.write(
-                f"early stop after epoch {self.epoch}: {MONITOR_NAMES[self.monitor]} has not improved for "
-                f"{self.epoch - best['epoch']} epochs (patience {self.config.early_stop}); the best, "
-                f"{best[self.monitor]:.2f} at epoch {best['epoch']}, is in best.pt"
-            )
+            progress.write(line)
         return True
 
     # ------------------------------------------------------------------ the pair
@@ -361,27 +291,7 @@ class Trainer:
     def set_training(self, mode: bool) -> None:
         set_training(self.model, self.guide, mode)
 
-    def refresh(self, train_x: torch.Tensor) -> None:
-        """Let a model with data-dependent state (the ACN code bank) recompute it from the training data."""
-        hooks.refresh(self.model, train_x)
-
     def validate(self, val_x: torch.Tensor) -> dict:
-        """Validation ELBO, rate and distortion (distortion only for a point-mass guide), and log p(x)
-        every ``eval_every`` epochs and at the last, in full float32."""
+        """This epoch's validation row (:func:`ppl_vae.scoring.validation`)."""
         self.set_training(False)
-        with tf32_matmul(False):
-            terms = elbo_terms(self.model, self.guide, val_x)
-            if self.monitor == "val_distortion":  # a point mass has no density: no ELBO, no log p(x)
-                return {"val_distortion": terms.distortion}
-            row = {"val_elbo": terms.elbo, "val_rate": terms.rate, "val_distortion": terms.distortion}
-            every = self.config.eval_every
-            if every and (self.epoch % every == 0 or self.epoch == self.config.epochs):
-                try:  # drawn from its own seed (the same however many ranks share the points)
-                    est = log_px(
-                        self.model, self.guide, val_x, k=self.config.eval_k, seed=self.config.seed + self.epoch,
-                        compile=self.config.compile,
-                    )  # fmt: skip
-                except NoDensityError:
-                    return row
-                row.update(val_log_px=est.log_px, val_log_px_se=est.log_px_se, val_k=est.k)
-        return row
+        return validation(self.model, self.guide, val_x, self.config, self.epoch, density=self.monitor != "val_distortion")

@@ -97,3 +97,12 @@ def resume_training(trainer, path: str | os.PathLike) -> None:
     trainer.epoch_total = state["epoch_total"].to(trainer.device)
     trainer.epoch_skipped = state["epoch_skipped"]
     set_rng_state(state["rng_ranks"][distributed.rank()] if world > 1 else state["rng"])
+
+
+def kept_checkpoint(path: Path | None) -> str:
+    """What an error can truthfully say of the checkpoint at ``path``."""
+    if path is None:
+        return "no checkpoint was asked for"
+    if not path.exists():
+        return f"no checkpoint was written yet ({path} does not exist)"
+    return f"the last good checkpoint {path} is kept"

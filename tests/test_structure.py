@@ -19,7 +19,7 @@ LAYERS = [
     {"models", "guides"},  # generative models and guides
     {"objectives"},  # training objectives
     {"evaluate", "importance_sampling", "aggregate", "posterior", "plots", "scoring", "report_text", "html_report"},
-    {"step", "faults", "epoch_log", "pair", "train_state", "train"},  # the training step and loop
+    {"step", "faults", "epoch_log", "pair", "train_state", "train_setup", "train"},  # the training step and loop
     {"experiment", "compare", "compare_table", "compare_stats", "compare_workers", "run_spec", "cli_options", "cli", "__main__"},
 ]  # fmt: skip
 
@@ -105,3 +105,9 @@ def test_no_import_circle_and_no_import_points_up():
 def test_the_layer_list_knows_every_module():
     for name in MODULES:
         _layer(name)
+
+
+def test_the_trainer_is_small():
+    tree = ast.parse(MODULES["ppl_vae.train"].read_text())
+    (trainer,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
+    assert trainer.end_lineno - trainer.lineno + 1 <= 250

@@ -1,0 +1,71 @@
+"""What the trainer sets up before its first step: the checks of the pair on the data (with the
+objective: a point-mass guide only where no density is needed, samples at once only where the
+objective or validation draws them) and the step with the NaN guard that suits it."""
+
+from __future__ import annotations
+
+import torch
+
+from . import distributed, progress
+from .checks import check_pair_on_data
+from .data import DeviceBatches
+from .epoch_log import monitored
+from .faults import NanGuard
+from .hooks import refresh
+from .objectives import accepts_point_masses, num_particles
+from .pixels import check_data
+from .step import make_step
+
+
+def check_training_pair(trainer, batches: DeviceBatches, val_x, dynamic: bool):
+    """The pair on the data before any work: shapes, the contract, the observed support, and a
+    point-mass guide only with an objective that has no density to evaluate; sets what the trainer
+    follows for the best epoch, and returns the site terms of one run."""
+    refresh(trainer.model, batches.x)
+    if dynamic:  # intensities, binarised on the device each epoch
+        check_data(batches.x, "training data (intensities for dynamic binarisation)", flat=False)
+    cfg = trainer.config
+    scored = val_x is not None and cfg.eval_every > 0 and cfg.eval_k > 1  # validation log p(x) draws eval_k at once
+    particles = scored or num_particles(trainer.objective) > 1
+    x = torch.bernoulli(batches.x) if dynamic else batches.x
+    terms = check_pair_on_data(trainer.model, trainer.guide, x, "training data", particles=particles)
+    if val_x is not None:
+        check_pair_on_data(trainer.model, trainer.guide, val_x, "validation data", particles=particles)
+    point_masses = terms.point_masses()
+    if point_masses and not accepts_point_masses(trainer.objective):
+        raise ValueError(
+            f"guide site '{point_masses[0]}' is a point mass (a deterministic encoder): q(z|x) has no density, so the "
+            f"objective '{trainer.config.objective}' would not be the bound it is named for (its KL term is undefined; "
+            "what it trains is log p(x|z) + log p(z), a MAP-like objective); use an aggregate objective (wae_mmd, "
+            "swae, cwae, sparse_ae) with this guide, or a stochastic guide (mean_field, ...)"
+        )
+    trainer.monitor = monitored(trainer.config.eval_every, density=not point_masses)
+    return terms
+
+
+def choose_step(trainer, batches: DeviceBatches, dynamic: bool) -> None:
+    """The step (eager or compiled, wrapped under torchrun) and the NaN guard that suits it."""
+    cfg = trainer.config
+    example = batches.x[: cfg.batch_size]
+    params = list(trainer.params.values())
+    trainer.step_fn = make_step(
+        cfg.compile,
+        trainer.objective,
+        trainer.model,
+        trainer.guide,
+        params,
+        (example > 0.5).to(example.dtype) if dynamic else example,
+        steps_to_go=(cfg.epochs - trainer.epoch) * len(batches) - trainer.batch_in_epoch,
+        log=progress.write,
+    )
+    defer = cfg.nan_check == "deferred" or (
+        cfg.nan_check == "auto" and trainer.step_fn.compiled and trainer.device.type == "cuda"
+    )
+    if distributed.world_size() > 1:
+        trainer.step_fn = distributed.DistributedStep(
+            trainer.step_fn, params, trainer.device, nan_as_loss=cfg.nan_policy != "off"
+        )
+    trainer.guard = NanGuard(
+        cfg.nan_policy, defer, trainer.optimizer, trainer.params, trainer.model, trainer.guide, trainer._kept_checkpoint
+    )
+    trainer.guard.new_epoch(trainer.epoch_skipped)  # a resumed epoch keeps its count
