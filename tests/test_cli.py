@@ -148,3 +148,14 @@ def test_every_registry_entry_resolves_to_what_it_names():
 def test_python_dash_m_runs_the_command_line():
     proc = subprocess.run([sys.executable, "-m", "ppl_vae", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "ppl-vae" in proc.stdout
+
+
+def test_output_to_a_file_has_no_progress_bar_and_one_line_per_epoch(tmp_path):
+    """Progress bars are for terminals: redirected, a run writes one line per epoch and no carriage returns."""
+    argv = ["train", "--dataset", "digits", "--epochs", "2", "--hidden", "8", "--z-dim", "2", "--test-k", "3", "--eval-every", "0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppl_vae", *argv, "--device", "cpu", "--out", str(tmp_path / "r")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stdout + proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
