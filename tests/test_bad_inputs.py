@@ -170,15 +170,8 @@ def test_a_checkpoint_of_random_bytes_is_one_message_without_torch_advice(tmp_pa
 # --------------------------------------------------------------------------- failing before the work, not after
 
 
-def _partial_pair(x_dim=64, observed=10):
-    """A user's pair whose model observes only the first ``observed`` features."""
-    decoder, encoder = nn.Linear(2, observed), nn.Linear(x_dim, 4)
-
-    def model(x):
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[..., :observed])
+def _encoder_guide(x_dim: int):
+    encoder = nn.Linear(x_dim, 4)
 
     def guide(x):
         pyro.module("encoder", encoder)
@@ -186,26 +179,30 @@ def _partial_pair(x_dim=64, observed=10):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
 
-    return model, guide
+    return guide
+
+
+def _user_pair(decoder: nn.Module, decode, x_dim=64):
+    """A user's model (``decode(decoder, z, x)`` gives the logits and what they observe) with a plain encoder."""
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            logits, observed = decode(decoder, z, x)
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=observed)
+
+    return model, _encoder_guide(x_dim)
+
+
+def _partial_pair(x_dim=64, observed=10):
+    """A user's pair whose model observes only the first ``observed`` features."""
+    return _user_pair(nn.Linear(2, observed), lambda dec, z, x: (dec(z), x[..., :observed]), x_dim)
 
 
 def _flat_pair(x_dim=64):
     """A user's pair whose networks concatenate [z, x] without broadcasting over a sample dimension."""
-    decoder, encoder = nn.Linear(2 + x_dim, x_dim), nn.Linear(x_dim, 4)
-
-    def model(x):
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(torch.cat([z, x * 0], -1))).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("encoder", encoder)
-        loc, raw = encoder(x).split(2, -1)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
-
-    return model, guide
+    return _user_pair(nn.Linear(2 + x_dim, x_dim), lambda dec, z, x: (dec(torch.cat([z, x * 0], -1)), x), x_dim)
 
 
 def test_a_model_observing_part_of_each_point_is_refused_before_training():

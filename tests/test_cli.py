@@ -152,7 +152,21 @@ def test_python_dash_m_runs_the_command_line():
 
 def test_output_to_a_file_has_no_progress_bar_and_one_line_per_epoch(tmp_path):
     """Progress bars are for terminals: redirected, a run writes one line per epoch and no carriage returns."""
-    argv = ["train", "--dataset", "digits", "--epochs", "2", "--hidden", "8", "--z-dim", "2", "--test-k", "3", "--eval-every", "0"]
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--hidden",
+        "8",
+        "--z-dim",
+        "2",
+        "--test-k",
+        "3",
+        "--eval-every",
+        "0",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "ppl_vae", *argv, "--device", "cpu", "--out", str(tmp_path / "r")], capture_output=True, text=True
     )
