@@ -44,6 +44,7 @@ AGGREGATE_COLUMNS = [
     ("seconds_per_epoch", "s/epoch"),
 ]
 
+NO_SPREAD = ("log_px_se",)  # an SE's own spread over seeds says nothing a reader needs
 DELTAS = [
     ("delta_log_px", "Δ log p(x) vs first [95% interval]"),
     ("delta_test_distortion", "Δ distortion vs first [95% interval]"),
@@ -70,8 +71,9 @@ def _cell(row: dict, key: str) -> str:
         return f"ok ({row['seeds_ok']} of {row['seeds']} seeds)"
     if key.startswith("delta_") and value is not None:
         return _delta(value)
-    if isinstance(value, float) and row.get(f"{key}_sd") is not None and row.get("seeds", 1) > 1:
-        return f"{value:.2f} ± {row[key + '_sd']:.2f}"
+    spread = row.get(f"{key}_sd")
+    if isinstance(value, float) and spread is not None and row.get("seeds", 1) > 1 and key not in NO_SPREAD:
+        return f"{value:.2f} ± {spread:.2f}" if key != "active_units" else f"{value:.1f} ± {spread:.1f}"
     if key == "log_px" and value is None and row.get("log_px_note"):
         return row["log_px_note"]
     if value is None:
