@@ -33,6 +33,15 @@ class OneSiteGuide(nn.Module):
         """q(z | x) for a batch of inputs, as a distribution with event shape ``(z_dim,)``."""
         raise NotImplementedError
 
+    @property
+    def local_head(self) -> nn.Module:
+        """The module whose output per point is everything q(z|x) reads from x: the encoder (a
+        subclass whose encoder post-processes its raw output names the raw part instead)."""
+        encoder = self.__dict__.get("_modules", {}).get("encoder")
+        if encoder is None:
+            raise AttributeError(f"{type(self).__name__} has no encoder module for local_head")
+        return encoder
+
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("guide", self)
         with pyro.plate("data", x.shape[0]):

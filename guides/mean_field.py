@@ -40,6 +40,10 @@ class MeanFieldGuide(OneSiteGuide):
         super().__init__(x_dim, z_dim, site)
         self.encoder = GaussianHead(x_dim, list(hidden), z_dim, activation, network)
 
+    @property
+    def local_head(self):
+        return self.encoder.net  # the raw (loc, unbounded scale): refinement keeps the scale's bounds
+
     def posterior(self, x: torch.Tensor):
         loc, scale = self.encoder(x)
         return dist.Normal(loc, scale).to_event(1)

@@ -44,38 +44,110 @@ def aggregate_samples(model, guide, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Surgery:
-    """Rate = mutual information + marginal KL, nats per data point (Monte Carlo)."""
+    """Rate = mutual information + marginal KL, nats per data point (Monte Carlo). ``points`` is the
+    N of the mixture q(z) = 1/N sum_m q(z|x_m), so the estimate of I is at most log N; ``joint``:
+    every latent site together (a guide with several sites), else the one site."""
 
     rate: float
     mutual_information: float
     marginal_kl: float
     samples: int
+    mutual_information_se: float = float("nan")
+    points: int = 0
+    joint: bool = False
+
+
+def _data_axis(site) -> int:
+    frame = next(f for f in site["cond_indep_stack"] if f.name == "data")
+    return site["value"].dim() - site["fn"].event_dim + frame.dim
+
+
+def _guide_log_density(guide, x: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log q(z | x) per row of ``x`` with every latent site held at ``values`` (rows on axis 0)."""
+    from pyro import poutine
+
+    trace = poutine.trace(poutine.condition(guide, data=values)).get_trace(x)
+    total = x.new_zeros(x.shape[0])
+    for name in values:
+        site = trace.nodes[name]
+        lp = site["fn"].log_prob(site["value"])
+        frame = next(f for f in site["cond_indep_stack"] if f.name == "data")
+        total = total + lp.movedim(lp.dim() + frame.dim, 0).reshape(x.shape[0], -1).sum(1)
+    return total
+
+
+def _codes(guide, x: torch.Tensor, latent: list[str]) -> dict[str, torch.Tensor]:
+    """One draw of every latent site per point, the data axis first."""
+    from pyro import poutine
+
+    trace = poutine.trace(guide).get_trace(x)
+    return {name: trace.nodes[name]["value"].movedim(_data_axis(trace.nodes[name]), 0) for name in latent}
 
 
 @torch.no_grad()
-def elbo_surgery(model, guide, x: torch.Tensor, samples_per_point: int = 4, chunk: int = 256) -> Surgery:
+def elbo_surgery(model, guide, x: torch.Tensor, samples_per_point: int = 1, batch: int = 500, joint_points: int = 500) -> Surgery:
     r"""Estimate :math:`I_q(x;z) = \mathbb{E}[\log q(z|x) - \log q(z)]` with
-    :math:`\log q(z) = \log \frac1N \sum_m q(z \mid x_m)` over the N given points, and
+    :math:`\log q(z) = \log \frac1N \sum_m q(z \mid x_m)` over the N given points (in minibatches of
+    ``batch``: the cross densities q(z_i | x_m) are never held as one N x N block of networks), and
     :math:`\mathrm{KL}(q(z)\|p(z))` = rate - I. The estimate of I is at most log N.
+
+    One latent site: every point of ``x``. Several sites (a hierarchy): the joint code z = (z_1, z_2,
+    ...) on the first ``joint_points`` points, each q(z_i | x_m) by running the guide on x_m with
+    every site held at z_i (N^2 guide passes).
     """
-    t, name = _single_latent(model, guide, x)
-    q_all = t.guide_trace.nodes[name]["fn"]  # q(. | x_m) for every m, batch (1, N)
+    probe = site_terms(model, guide, x[:2], num_particles=1)
+    if len(probe.latent) > 1:
+        return _joint_surgery(model, guide, x[:joint_points], probe.latent, samples_per_point, batch)
+    name = probe.latent[0]
     n = x.shape[0]
+    parts = [site_terms(model, guide, x[i : i + batch], num_particles=1) for i in range(0, n, batch)]
+    fns = [t.guide_trace.nodes[name]["fn"] for t in parts]  # q(. | x_m), batch shape (1, b)
+    rate, info = [], []
+    for draw in range(samples_per_point):
+        for t in (
+            parts if draw == 0 else [site_terms(model, guide, x[i : i + batch], num_particles=1) for i in range(0, n, batch)]
+        ):
+            z = t.guide_trace.nodes[name]["value"].reshape(-1, t.guide_trace.nodes[name]["value"].shape[-1])
+            own = t.guide_terms[name][0]  # log q(z_i | x_i)
+            rate.append(own - t.model_terms[name][0])  # against each point's own prior term
+            c = z.shape[0]
+            cross = []
+            for fn in fns:  # log q(z_i | x_m) for this batch's z_i and the points m of one batch
+                value = z.reshape(c, *([1] * len(fn.batch_shape)), z.shape[-1]).expand(c, *fn.batch_shape, z.shape[-1])
+                cross.append(fn.log_prob(value).reshape(c, -1))
+            info.append(own - (torch.logsumexp(torch.cat(cross, 1), 1) - math.log(n)))
+    return _surgery(torch.cat(rate), torch.cat(info), samples_per_point, n, joint=False)
+
+
+def _joint_surgery(model, guide, x: torch.Tensor, latent: list[str], samples_per_point: int, batch: int) -> Surgery:
+    n = x.shape[0]
+    rows = max(1, (50_000 // n))  # codes per block: a block runs the guide on rows x n inputs
     rate, info = [], []
     for _ in range(samples_per_point):
-        draw = site_terms(model, guide, x, num_particles=1)
-        z = draw.guide_trace.nodes[name]["value"].reshape(n, -1)
-        own = draw.guide_terms[name][0]  # log q(z_i | x_i)
-        rate.append(own - draw.model_terms[name][0])  # against each point's own prior term
-        for start in range(0, n, chunk):
-            zc = z[start : start + chunk]
-            c = zc.shape[0]
-            # log q(z_i | x_m) for every sampled z_i and every data point m: (chunk, N)
-            value = zc.reshape(c, *([1] * len(q_all.batch_shape)), zc.shape[-1]).expand(c, *q_all.batch_shape, zc.shape[-1])
-            cross = q_all.log_prob(value).reshape(c, n)
-            info.append(own[start : start + c] - (torch.logsumexp(cross, 1) - math.log(n)))
-    r, i = torch.cat(rate).mean().item(), torch.cat(info).mean().item()
-    return Surgery(rate=r, mutual_information=i, marginal_kl=r - i, samples=samples_per_point * n)
+        t = site_terms(model, guide, x, num_particles=1)
+        own = sum(t.guide_terms[name][0] for name in latent)
+        rate.append(own - sum(t.model_terms[name][0] for name in latent))
+        codes = {name: t.guide_trace.nodes[name]["value"] for name in latent}
+        codes = {
+            name: v.movedim(_data_axis(t.guide_trace.nodes[name]), 0).reshape(
+                n, *v.shape[v.dim() - t.guide_trace.nodes[name]["fn"].event_dim :]
+            )
+            for name, v in codes.items()
+        }
+        log_qz = []
+        for i in range(0, n, rows):
+            c = min(rows, n - i)
+            values = {name: v[i : i + c].repeat_interleave(n, 0) for name, v in codes.items()}
+            cross = _guide_log_density(guide, x.repeat(c, *([1] * (x.dim() - 1))), values).reshape(c, n)
+            log_qz.append(torch.logsumexp(cross, 1) - math.log(n))
+        info.append(own - torch.cat(log_qz))
+    return _surgery(torch.cat(rate), torch.cat(info), samples_per_point, n, joint=True)
+
+
+def _surgery(rate: torch.Tensor, info: torch.Tensor, samples_per_point: int, n: int, joint: bool) -> Surgery:
+    se = float(info.std() / math.sqrt(info.numel())) if info.numel() > 1 else float("nan")
+    r, i = rate.mean().item(), info.mean().item()
+    return Surgery(r, i, r - i, samples_per_point * n, mutual_information_se=se, points=n, joint=joint)
 
 
 # --------------------------------------------------------------------------- tests against N(0, I)

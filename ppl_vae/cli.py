@@ -42,7 +42,7 @@ def cmd_evaluate(args) -> int:
     report, folder = evaluate_checkpoint(
         args.checkpoint, k=args.k, n_points=args.n_points, out=args.out, seed=args.seed, device=args.device,
         compile=args.compile, progress=not args.no_progress, log=_note, command=args.command_line, overwrite=args.overwrite,
-        force=args.force,
+        force=args.force, refine=args.refine,
         data=args.data, data_dir=args.data_dir, model=args.model, guide=args.guide,
     )  # fmt: skip
     if report is None:  # its share of log p(x) is in rank 0's report

@@ -188,6 +188,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--eval-every 0), and score the best epoch; best.pt always holds the best epoch (default: 0, never stop early)",
     )
     p.add_argument(
+        "--model-from",
+        default=None,
+        metavar="RUN",
+        help="start the model's own parameters (decoder and prior) from RUN's checkpoint and keep them fixed: only the "
+        "guide trains, so several guides are scored on one shared decoder (the same --model, --z-dim and --hidden)",
+    )
+    p.add_argument(
         "--time-limit",
         type=float,
         default=0,
@@ -348,6 +355,14 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--k", type=int, default=1000, help="importance samples per test point (default: 1000)")
     e.add_argument("--force", action="store_true", help="score even when it would take more than half a day")
     e.add_argument("--n-points", type=int, default=0, help="score only the first N test points (default: all)")
+    e.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="split the inference gap into approximation and amortisation (Cremer et al. 2018): optimise each of the "
+        "first 500 test points' guide outputs for STEPS Adam steps from the encoder's (default: 0, no split)",
+    )
     e.add_argument(
         "--html", action="store_true", help="also write evaluation.html: one self-contained file with the tables and pictures"
     )

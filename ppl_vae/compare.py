@@ -40,6 +40,7 @@ PRESETS = {
         ("WAE-MMD (lambda=10)", "wae_mmd", "deterministic"),
         ("SWAE (lambda=10)", "swae", "deterministic"),
         ("CWAE", "cwae", "deterministic"),
+        ("radial (lambda=10)", "radial", "deterministic"),
         ("sparse AE (L1 0.1)", "sparse_ae", "deterministic"),
     ]
 }
@@ -153,10 +154,10 @@ def compare(
                     print(run.config.label, flush=True)
                 results[i] = run_one(run, **options)
     except KeyboardInterrupt:
-        write_reports(rows_of(plan, runs, results, seeds, interrupted=True), out, aggregate)
+        write_reports(rows_of(plan, runs, results, seeds, interrupted=True), out, aggregate, q_tests)
         raise
     rows = rows_of(plan, runs, results, seeds)
-    write_reports(rows, out, aggregate)
+    write_reports(rows, out, aggregate, q_tests)
     return rows
 
 

@@ -90,9 +90,10 @@ def markdown_table(rows: list[dict], columns=None) -> str:
     return "\n".join(lines)
 
 
-def write_reports(rows: list[dict], out: Path, aggregate: bool = False) -> dict[str, Path]:
-    """Every report of the comparison into ``out``; returns their paths by kind."""
-    columns = columns_for(rows, aggregate)
+def write_reports(rows: list[dict], out: Path, aggregate: bool = False, q_tests: bool = False) -> dict[str, Path]:
+    """Every report of the comparison into ``out``; returns their paths by kind. The aggregate preset
+    and ``q_tests`` show the tests of q(z) against the prior as columns."""
+    columns = columns_for(rows, aggregate or q_tests)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": write_json({"rows": rows}, out / "compare.json"), "md": out / "compare.md", "csv": out / "compare.csv"}
     paths["md"].write_text(markdown_table(rows, columns) + "\n")
@@ -102,6 +103,8 @@ def write_reports(rows: list[dict], out: Path, aggregate: bool = False) -> dict[
         writer.writeheader()
         writer.writerows(flat)
     paths.update(plot_curves(rows, out))
+    if any(r.get("mmd2") is not None for r in rows):
+        paths["tradeoff"] = plot_tradeoff(rows, out / "reconstruction_vs_gaussianity.png")
     if aggregate:
         paths.update(side_by_side(rows, out))
     paths["html"] = _html(rows, columns, paths, out / "compare.html")
@@ -178,11 +181,15 @@ def plot_curves(rows: list[dict], out: Path) -> dict[str, Path]:
         elbo = [(h["epoch"], h["val_elbo"]) for h in r["history"] if "val_elbo" in h]  # none for a point-mass guide
         if elbo:
             ax.plot(*zip(*elbo), color=color, label=f"{r['variant']} ELBO")
+        else:  # a point-mass guide: its reconstruction error (minus, to read upward like the ELBO)
+            rec = [(h["epoch"], -h["val_distortion"]) for h in r["history"] if "val_distortion" in h]
+            if rec:
+                ax.plot(*zip(*rec), ":", color=color, label=f"{r['variant']} -distortion")
         lp = [(h["epoch"], h["val_log_px"]) for h in r["history"] if "val_log_px" in h]
         if lp:
             ax.plot(*zip(*lp), "o--", color=color, label=f"{r['variant']} log p(x)")
     ax.set(xlabel="epoch", ylabel="nats per point", title="validation")
-    if ok:  # every variant may have failed
+    if ax.get_legend_handles_labels()[0]:  # every variant may have failed
         ax.legend(fontsize=7)
     fig.tight_layout()
     curves = out / "validation_curves.png"
@@ -201,3 +208,30 @@ def plot_curves(rows: list[dict], out: Path) -> dict[str, Path]:
     fig.savefig(plane, dpi=110)
     plt.close(fig)
     return {"curves": curves, "rate_distortion": plane}
+
+
+def plot_tradeoff(rows: list[dict], path: Path) -> Path:
+    """Reconstruction error against the MMD² of q(z) to N(0, I), one point per variant: a penalty
+    weight sweep's trade-off between reconstruction and Gaussian codes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.get("status") == "ok" and r.get("mmd2") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, r in enumerate(shown):
+        ax.scatter(r["test_distortion"], max(r["mmd2"], 1e-6), color=f"C{i % 10}")
+        ax.annotate(
+            r["variant"], (r["test_distortion"], max(r["mmd2"], 1e-6)), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="reconstruction error: -E log p(x|z) (nats)",
+        ylabel="MMD² of q(z) to N(0, I) (lower: more Gaussian)",
+        title="reconstruction vs Gaussianity (test)",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -42,7 +42,9 @@ class TrainConfig:
     as on Ctrl-C (checkpoint saved; resume continues exactly), 0 = none. ``compile``: the
     compiled step and log p(x) chunks (``auto``, ``on``, ``off``). ``tf32``: float32 matrix
     products in TF32 on CUDA while training (validation and test log p(x) stay in full float32).
-    ``label``: the progress bar's name for the run. ``meta``: the run's data, model and guide spec
+    ``model_from``: a checkpoint (or run folder) whose model parameters (the decoder and prior,
+    not the guide's) this run starts from and holds fixed, so only the guide trains: several guides
+    scored on one shared decoder. ``label``: the progress bar's name for the run. ``meta``: the run's data, model and guide spec
     (what the command line records).
     """
 
@@ -68,6 +70,7 @@ class TrainConfig:
     lr_stages: list | None = None
     time_limit: float = _run(0.0)
     tf32: bool = _run(False)
+    model_from: str | None = None
     label: str = _run("train")
     meta: dict[str, Any] = field(default_factory=dict)
 

@@ -50,32 +50,42 @@ def elbo_terms(model, guide, x: torch.Tensor, k: int = 1, batch_size: int = 500)
 
 
 @torch.no_grad()
-def posterior_means(model, guide, x: torch.Tensor, k: int = 50, batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """E_q[z | x] per latent site, ``(N, prod(event_shape))``: the guide's own mean where its
-    distribution has one, else the average of ``k`` samples."""
+def posterior_moments(model, guide, x: torch.Tensor, k: int = 50, batch_size: int = 500) -> dict[str, tuple]:
+    """``(E_q[z | x], sd_q[z | x])`` per latent site, each ``(N, prod(event_shape))``: from the guide's
+    own mean and variance where its distribution has them (averaged over ``k`` draws of the sites
+    before it), else from ``k`` samples."""
     mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
-    out: dict[str, list[torch.Tensor]] = {}
+    out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for xb in _batches(x, batch_size):
         t = site_terms(model, guide, xb, num_particles=k, max_plate_nesting=mpn)
         for name in t.latent:
             site = t.guide_trace.nodes[name]
             value, batch_dims = site["value"], site["value"].dim() - site["fn"].event_dim
-            try:
-                mean = site["fn"].mean.expand(value.shape)
-            except NotImplementedError:  # flows and others without a closed-form mean: use the samples
-                mean = value
             data_dim = next(f.dim for f in site["cond_indep_stack"] if f.name == "data")
             p_axis, d_axis = batch_dims + t.particle_dim, batch_dims + data_dim
-            mean = mean.mean(p_axis, keepdim=True).movedim(d_axis, 0)
-            out.setdefault(name, []).append(mean.reshape(xb.shape[0], -1))
-    return {name: torch.cat(parts) for name, parts in out.items()}
+            try:  # a later site's moments are conditional on earlier draws: Var = E Var(.|draws) + Var E(.|draws)
+                mean, var = site["fn"].mean.expand(value.shape), site["fn"].variance.expand(value.shape)
+                var = var.mean(p_axis, keepdim=True) + mean.var(p_axis, keepdim=True, correction=0)
+                mean, sd = mean.mean(p_axis, keepdim=True), var.sqrt()
+            except NotImplementedError:  # flows and others without closed-form moments: use the samples
+                mean, sd = value.mean(p_axis, keepdim=True), value.std(p_axis, keepdim=True)
+            mean, sd = (v.movedim(d_axis, 0).reshape(xb.shape[0], -1) for v in (mean, sd))
+            out.setdefault(name, []).append((mean, sd))
+    return {name: (torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])) for name, parts in out.items()}
 
 
-def active_units(model, guide, x: torch.Tensor, threshold: float = 0.01, k: int = 50) -> dict[str, int]:
+def posterior_means(model, guide, x: torch.Tensor, k: int = 50, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """E_q[z | x] per latent site, ``(N, prod(event_shape))`` (see :func:`posterior_moments`)."""
+    return {name: mean for name, (mean, _) in posterior_moments(model, guide, x, k, batch_size).items()}
+
+
+def active_units(model, guide, x: torch.Tensor, threshold: float = 0.01, k: int = 50) -> dict:
     """Latent dimensions u with Cov_x(E_q[u | x]) > ``threshold`` (Burda et al. 2016), per site and in
-    total, and ``dims``: how many latent dimensions there are."""
-    means = posterior_means(model, guide, x, k=k)
-    counts = {name: int((m.var(0) > threshold).sum()) for name, m in means.items()}
+    total, ``dims``: how many latent dimensions there are, and ``sigma``: the encoder's standard
+    deviation E_x sd_q[u | x] per dimension and site (near 0: a near-point-mass code)."""
+    moments = posterior_moments(model, guide, x, k=k)
+    counts = {name: int((m.var(0) > threshold).sum()) for name, (m, _) in moments.items()}
     counts["total"] = sum(counts.values())
-    counts["dims"] = sum(m.shape[1] for m in means.values())
+    counts["dims"] = sum(m.shape[1] for m, _ in moments.values())
+    counts["sigma"] = {name: sd.mean(0).tolist() for name, (_, sd) in moments.items()}
     return counts

@@ -114,20 +114,24 @@ def evaluate_checkpoint(
     command: list[str] | None = None,
     overwrite: bool = False,
     force: bool = False,
+    refine: int = 0,
     **where,
 ) -> tuple[dict | None, Path]:
     """The full report of a checkpoint on its test split (the first ``n_points``, 0 = all) with
     ``k`` importance samples, written as ``evaluation.json`` and ``evaluation.md`` (and pictures,
     ``posterior.nc``) into ``out`` or a folder beside the checkpoint named by the setting
     (:func:`ppl_vae.run_folder.evaluation_folder`; an earlier evaluation there is replaced only with
-    ``overwrite``). ``where``: the
+    ``overwrite``). ``refine``: Adam steps per point for the inference gap's split (on the first 500
+    points; a folder ``-refine<STEPS>``). ``where``: the
     data/model/guide overrides of :func:`ppl_vae.pair.restore_pair`. Returns ``(report, folder)``;
     the report is None on ranks other than 0 under torchrun."""
     if k < 1:
         raise ValueError(f"--k must be at least 1, got {k}")
     if n_points < 0:
         raise ValueError(f"--n-points must be 0 (all) or positive, got {n_points}")
-    setting = {"n": n_points, "seed": seed, "data-": where.get("data")}
+    if refine < 0:
+        raise ValueError(f"--refine must be 0 (none) or a positive number of steps, got {refine}")
+    setting = {"n": n_points, "seed": seed, "data-": where.get("data"), "refine": refine}
     folder = evaluation_folder(checkpoint, k, out, overwrite, **setting)
     pair, data = _restore(checkpoint, folder, device, **where)
     seed_everything(seed)
@@ -138,7 +142,7 @@ def evaluate_checkpoint(
     check_scoring_time(pair.model, pair.guide, x, k, force)
     report = score(
         pair.model, pair.guide, x, level="full", k=k, seed=seed, compile=compile, progress=progress,
-        labels=data.test.labels, image_shape=data.image_shape, out=folder, log=log,
+        labels=data.test.labels, image_shape=data.image_shape, out=folder, log=log, refine=refine,
     )  # fmt: skip
     if report is None:  # its share of log p(x) is in rank 0's report
         return None, folder

@@ -38,6 +38,16 @@ class HasPosterior(Protocol):
 
 
 @runtime_checkable
+class HasLocalHead(Protocol):
+    """A guide whose q(z | x) reads x only through one module's output per point (given its global
+    parameters, a flow's steps say): ``evaluate --refine`` optimises that output point by point. The
+    one-site guides name their encoder's last layer."""
+
+    @property
+    def local_head(self) -> torch.nn.Module: ...
+
+
+@runtime_checkable
 class SamplesImages(Protocol):
     """A model with its own sampler for pictures (the ACN prior samples by a chain through its prior
     network); others are sampled by running the model with its observation released."""

@@ -78,6 +78,44 @@ def capture_params(run_once, device: torch.device) -> dict[str, torch.Tensor]:
     return params
 
 
+def model_only_params(model, guide, x: torch.Tensor, params: dict[str, torch.Tensor], device) -> list[str]:
+    """The names in ``params`` that the model registers and the guide does not (a VampPrior's encoder
+    calls are the guide's): the decoder and the prior."""
+    with poutine.trace(param_only=True) as in_guide, same_draws(device):
+        guide(x)
+    with poutine.trace(param_only=True) as in_model, same_draws(device):
+        model(x)  # alone: its latent sites draw from the prior
+    return sorted(n for n in params if n in in_model.trace.nodes and n not in in_guide.trace.nodes)
+
+
+def fix_model_from(checkpoint, model, guide, x: torch.Tensor, params: dict[str, torch.Tensor], device) -> dict:
+    """Load the model's own parameters (:func:`model_only_params`) from ``checkpoint`` and hold them
+    fixed: they leave ``params`` (what the step differentiates and the optimizer moves) and are
+    returned by name."""
+
+    names = model_only_params(model, guide, x, params, device)
+    if not names:
+        raise ValueError(f"--model-from {checkpoint}: the model registers no parameters of its own to take from it")
+    saved = load_checkpoint(checkpoint)["params"]
+    missing = [n for n in names if n not in saved]
+    shapes = [
+        f"{n} {tuple(saved[n].shape)} vs {tuple(params[n].shape)}"
+        for n in names
+        if n in saved and saved[n].shape != params[n].shape
+    ]
+    if missing or shapes:
+        raise CheckpointError(
+            f"--model-from {checkpoint}: its model does not match this one (missing {missing[:3]}, other shapes "
+            f"{shapes[:3]}); train with the same --model, --z-dim, --hidden and data"
+        )
+    fixed = {}
+    with torch.no_grad():  # they keep requires_grad (Pyro registers only those); the step asks for no gradient of them
+        for n in names:
+            fixed[n] = params.pop(n)
+            fixed[n].copy_(saved[n].to(fixed[n].device))
+    return fixed
+
+
 def load_params(params: dict[str, torch.Tensor], state: dict) -> None:
     """Copy a checkpoint's parameters into ``params``, naming any that do not match."""
     missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))

@@ -18,18 +18,18 @@ from .sites import site_terms
 
 
 def _samples_and_weights(model, guide, x: torch.Tensor, k: int, chunk_k: int):
-    zs, lws, name = [], [], None
+    """K draws of every latent site per point, the sites' dimensions side by side ``(K, N, d)``, their
+    log-weights ``(K, N)`` and the sites' names."""
+    zs, lws, names = [], [], None
     done = 0
     while done < k:
         kc = min(chunk_k, k - done)
         t = site_terms(model, guide, x, num_particles=kc)
-        if len(t.latent) != 1:
-            raise ValueError(f"posterior correlations need a guide with one latent site; this one has {t.latent}")
-        name = t.latent[0]
-        zs.append(t.guide_trace.nodes[name]["value"].reshape(kc, x.shape[0], -1))
+        names = t.latent
+        zs.append(torch.cat([t.guide_trace.nodes[name]["value"].reshape(kc, x.shape[0], -1) for name in names], -1))
         lws.append(t.log_weights())
         done += kc
-    return torch.cat(zs), torch.cat(lws), name
+    return torch.cat(zs), torch.cat(lws), names
 
 
 def _correlation(cov: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,8 @@ def _mean_abs_offdiag(corr: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def posterior_correlations(model, guide, x: torch.Tensor, k: int = 1000, chunk_k: int = 250) -> dict:
-    """Per data point, the correlation matrix of p(z|x) (importance-weighted) and of q(z|x).
+    """Per data point, the correlation matrix of p(z|x) (importance-weighted) and of q(z|x); with
+    several latent sites, of their dimensions side by side (the sites' order in the guide).
 
     Returns ``{"posterior": (N, d, d), "guide": (N, d, d), "posterior_mean_abs_offdiag": float,
     "guide_mean_abs_offdiag": float, "ess": (N,)}`` where ``ess`` is each point's effective
@@ -77,7 +78,8 @@ def export_inference_data(model, guide, x: torch.Tensor, path: str | Path, k: in
     ``sample_stats`` holds ``log_weight`` (chain, draw, point)."""
     import arviz as az
 
-    z, lw, name = _samples_and_weights(model, guide, x, k, chunk_k)
+    z, lw, names = _samples_and_weights(model, guide, x, k, chunk_k)
+    name = names[0] if len(names) == 1 else "z"  # several sites: their dimensions side by side
     idata = az.from_dict(
         posterior={name: z.cpu().numpy()[None]},
         sample_stats={"log_weight": lw.cpu().numpy()[None]},

@@ -136,6 +136,7 @@ OBJECTIVES = Registry(
         "wae_mmd": "ppl_vae.objectives.aggregate:wae_mmd",
         "swae": "ppl_vae.objectives.aggregate:swae",
         "cwae": "ppl_vae.objectives.aggregate:cwae",
+        "radial": "ppl_vae.objectives.aggregate:radial",
         "sparse_ae": "ppl_vae.objectives.aggregate:sparse_ae",
     },
 )

@@ -36,10 +36,17 @@ def report_rows(r: dict) -> list[Row]:
             Row("test distortion", f"{r['test_distortion']:.2f}", "-E log p(x|z): the reconstruction error, nats per point"),
             _units_row(r),
         ]
+        rows += [_sigma_row(r)] if "encoder_sigma" in r else []
         return rows + ([_prior_match_row(r)] if "prior_match" in r else [])
     optional = (("iwae_by_k", _ladder_row), ("k_hat", _k_hat_row))
     rows = [_log_px_row(r)] + [row(r) for key, row in optional if key in r] + [_elbo_row(r), _units_row(r)]
-    later = (("surgery", _split_row), ("prior_match", _prior_match_row), ("posterior_correlation", _correlation_row))
+    rows += [_sigma_row(r)] if "encoder_sigma" in r else []
+    later = (
+        ("surgery", _split_row),
+        ("prior_match", _prior_match_row),
+        ("posterior_correlation", _correlation_row),
+        ("gap_split", _gap_row),
+    )
     return rows + [row(r) for key, row in later if key in r]
 
 
@@ -148,13 +155,27 @@ def _units_row(r: dict) -> Row:
     return Row("active units", value, note)
 
 
+def _sigma_row(r: dict) -> Row:
+    s = r["encoder_sigma"]
+    value = f"mean {s['mean']:.3g} (from {s['min']:.3g} to {s['max']:.3g} over {r.get('latent_dims')} dimensions)"
+    note = (
+        "E_x sd_q(z_u|x) per latent dimension u, in the units of z (the prior's sd is 1): near 1 on an inactive unit, "
+        "near 0 on a near-point-mass code, which a small or absent KL term lets the encoder use"
+    )
+    return Row("encoder σ per dimension", value, note)
+
+
 def _split_row(r: dict) -> Row:
     s = r["surgery"]
     if "skipped" in s:
         return Row("rate split: I(x;z) + KL(q(z)||p(z))", s["skipped"], "")
-    value = f"{s['mutual_information']:.2f} + {s['marginal_kl']:.2f} (the rate {r['test_rate']:.2f} of the ELBO row)"
+    se = s.get("mutual_information_se")
+    value = f"{s['mutual_information']:.2f}" + (f" ± {se:.2f}" if se is not None and math.isfinite(se) else "")
+    value += f" + {s['marginal_kl']:.2f} (the rate {r['test_rate']:.2f} of the ELBO row)"
+    whose = "the joint code of every latent site, " if s.get("joint") else ""
     note = (
-        f"I(x;z) estimated on {s['points']} points (it cannot exceed log {s['points']} = {s['mutual_information_max']:.2f}); "
+        f"I(x;z) of {whose}estimated on {s['points']} points (it cannot exceed log {s['points']} = "
+        f"{s['mutual_information_max']:.2f}; ± its SE over the points); "
         "KL(q(z)||p(z)) is the rest of the rate: how far the aggregate posterior is from the prior. A large one means "
         "prior samples land where no data point is encoded (try --prior vamp or an aggregate objective such as infovae)"
     )
@@ -195,6 +216,24 @@ def _correlation_row(r: dict) -> Row:
         f"of the {c['k']} importance samples: far below K means q(z|x) is a poor proposal for p(z|x)"
     )
     return Row("mean |corr| off-diagonal", value, note)
+
+
+def _gap_row(r: dict) -> Row:
+    g = r["gap_split"]
+    if "skipped" in g:
+        return Row("inference gap split", g["skipped"], "")
+    pm = lambda key: f"{g[key]:.2f} ± {g[key + '_se']:.2f}"  # noqa: E731
+    value = (
+        f"inference {pm('inference_gap')} = approximation {pm('approximation_gap')} + amortisation "
+        f"{pm('amortisation_gap')} ({g['points']} points, {g['steps']} refinement steps)"
+    )
+    note = (
+        "log p(x) - ELBO split as in Cremer et al. 2018: approximation = log p(x) - ELBO of the best q in the guide's family "
+        "for each point (its encoder output optimised, the decoder fixed), amortisation = what the shared encoder loses "
+        "against that; ± SEs over the points (ELBOs on fresh draws). A large amortisation gap calls for a bigger encoder "
+        "or more training; a large approximation gap for a richer family (full_cov, iaf)"
+    )
+    return Row("inference gap split", value, note)
 
 
 def md_cell(text) -> str:

@@ -50,6 +50,7 @@ class Scoring:
     out: Path | None = None
     prior_tests: bool = False
     diagnostic_points: int = 500
+    refine: int = 0  # Adam steps of the per-point refinement (0: no gap split)
     report: dict = field(default_factory=dict)
     estimate: Any = None  # the LogPx, None for a point mass
     codes: torch.Tensor | None = None  # one z ~ q(z|x) per diagnostic point, where a stage drew them
@@ -110,7 +111,10 @@ def _elbo(s: Scoring) -> dict:
 
 def _units(s: Scoring) -> dict:
     units = active_units(s.model, s.guide, s.x)
-    return {"active_units": units["total"], "latent_dims": units["dims"]}
+    sigma = units["sigma"]
+    flat = [v for values in sigma.values() for v in values]
+    summary = {"mean": sum(flat) / len(flat), "min": min(flat), "max": max(flat), "per_dimension": sigma}
+    return {"active_units": units["total"], "latent_dims": units["dims"], "encoder_sigma": summary}
 
 
 def _prior_match(s: Scoring) -> dict:
@@ -133,13 +137,15 @@ def _kl_split(s: Scoring) -> dict:
         return {name: kl.mean((0, 1)).tolist() for name, kl in latent_kl(t, per="dim").items()}
 
     def split():
-        surgery = elbo_surgery(s.model, s.guide, s.sub)
-        n = s.sub.shape[0]
+        surgery = elbo_surgery(s.model, s.guide, s.x)
+        n = surgery.points
         return {
             "mutual_information": surgery.mutual_information,
+            "mutual_information_se": surgery.mutual_information_se,
             "marginal_kl": s.report["test_rate"] - surgery.mutual_information,
             "points": n,
             "mutual_information_max": math.log(n),
+            "joint": surgery.joint,
         }
 
     return {"kl_per_dimension": _try(per_dimension), "surgery": _try(split)}
@@ -160,6 +166,16 @@ def _correlations(s: Scoring) -> dict:
         }
 
     return {"posterior_correlation": _try(summary)}
+
+
+def _gap_split(s: Scoring) -> dict:
+    from .refine import gap_split, refine_points
+
+    def split():
+        refined = refine_points(s.model, s.guide, s.sub, steps=s.refine, seed=0 if s.seed is None else s.seed)
+        return gap_split(s.estimate.per_point, refined)
+
+    return {"gap_split": _try(split)}
 
 
 def _pictures(s: Scoring) -> dict:
@@ -213,6 +229,8 @@ STAGES: list[Stage] = [
     Stage("KL per dimension and the rate's split", _kl_split, when=_full, needs_density=True,
           skipped_keys=("kl_per_dimension", "surgery")),
     Stage("posterior correlations", _correlations, when=_full, needs_density=True, skipped_keys=("posterior_correlation",)),
+    Stage("the inference gap: approximation and amortisation", _gap_split, when=lambda s: s.refine > 0,
+          needs_density=True, skipped_keys=("gap_split",)),
     Stage("pictures", _pictures, when=lambda s: s.out is not None),
     Stage("the ArviZ export", _inference_data, when=lambda s: s.level == "full" and s.out is not None),
 ]  # fmt: skip
@@ -225,7 +243,8 @@ def score(model, guide, x: torch.Tensor, level: str = "summary", log=None, **opt
     draws each batch of points from it: the same estimate however many processes share it),
     ``compile`` (the log p(x) chunks), ``progress``, ``labels`` and ``image_shape`` (pictures),
     ``out`` (the folder for pictures; none without it), ``prior_tests`` (the q(z) tests at the
-    summary level), ``diagnostic_points``. ``log`` receives one line naming each stage as it
+    summary level), ``diagnostic_points``, ``refine`` (Adam steps per point for the split of the
+    inference gap, :mod:`ppl_vae.refine`, on the diagnostic points). ``log`` receives one line naming each stage as it
     starts. Under torchrun the ranks share the log p(x) stage and rank 0 alone does the rest and
     returns the report (None elsewhere). Numbers are in nats per data point.
     """

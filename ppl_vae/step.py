@@ -49,9 +49,10 @@ class EagerStep:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         loss = self.objective.differentiable_loss(self.model, self.guide, x)
-        for p in self.params:
-            p.grad = None
-        loss.backward()
+        # the gradients of these parameters only: parameters held fixed (TrainConfig.model_from) get none
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        for p, g in zip(self.params, grads):
+            p.grad = g
         return loss.detach()
 
 

@@ -26,7 +26,7 @@ from .device import resolve_device, seed_everything, tf32_matmul
 from .epoch_log import TensorBoardLog, best_parameters, best_row, early_stop, keep_as_best, log_epoch, monitored
 from .faults import DEFERRED_READ_EVERY, Interrupted, NanGuard, Stops, TrainingError
 from .objectives import get_objective, num_particles
-from .pair import capture_params, load_params, set_training
+from .pair import capture_params, fix_model_from, load_params, set_training
 from .param_store import ParamStoreNote
 from .pixels import as_data_tensor
 from .run_folder import BEST_NAME, CHECKPOINT_NAME
@@ -69,7 +69,8 @@ class Trainer:
         self.objective = objective if objective is not None else get_objective(config.objective)
         self.history: list[dict] = []
         self.epoch = self.step = self.batch_in_epoch = self.epoch_skipped = 0
-        self.params: dict[str, torch.Tensor] = {}
+        self.params: dict[str, torch.Tensor] = {}  # what trains; self.fixed: what config.model_from holds fixed
+        self.fixed: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.epoch_order: torch.Tensor | None = None  # the epoch in progress: its data order ...
@@ -94,17 +95,20 @@ class Trainer:
         if isinstance(self.objective, hooks.Scheduled):  # the trainer drives the schedule from here on
             self.objective.set_progress(self.step, self.epoch)
         self.params = capture_params(lambda: self.objective.differentiable_loss(self.model, self.guide, x), self.device)
-        cfg = self.config  # capturable on CUDA: the step counter lives on the device, so no update reads the host
+        cfg = self.config
+        self.fixed = (
+            fix_model_from(cfg.model_from, self.model, self.guide, x, self.params, self.device) if cfg.model_from else {}
+        )  # capturable on CUDA: the step counter lives on the device, so no update reads the host
         self.optimizer = torch.optim.Adam(
             self.params.values(), lr=cfg.lr, eps=cfg.adam_eps, capturable=self.device.type == "cuda"
         )
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
 
     def state_dict(self) -> dict:
-        return {name: p.detach().clone() for name, p in self.params.items()}
+        return {name: p.detach().clone() for name, p in {**self.params, **self.fixed}.items()}
 
     def load_params(self, state: dict) -> None:
-        load_params(self.params, state)
+        load_params({**self.params, **self.fixed}, state)
 
     def _checkpoint_path(self):
         from pathlib import Path

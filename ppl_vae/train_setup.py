@@ -37,7 +37,7 @@ def check_training_pair(trainer, batches: DeviceBatches, val_x, dynamic: bool):
             f"guide site '{point_masses[0]}' is a point mass (a deterministic encoder): q(z|x) has no density, so the "
             f"objective '{trainer.config.objective}' would not be the bound it is named for (its KL term is undefined; "
             "what it trains is log p(x|z) + log p(z), a MAP-like objective); use an aggregate objective (wae_mmd, "
-            "swae, cwae, sparse_ae) with this guide, or a stochastic guide (mean_field, ...)"
+            "swae, cwae, radial, sparse_ae) with this guide, or a stochastic guide (mean_field, ...)"
         )
     trainer.monitor = monitored(trainer.config.eval_every, density=not point_masses)
     return terms

@@ -103,3 +103,31 @@ class PoisonedDecoderVAE(VAE):
             if poisoned:
                 logits = logits + torch.tensor(float("nan"))
             pyro.sample("x", self.likelihood(logits), obs=x)
+
+
+class TwoSiteLinearGaussian(nn.Module):
+    """A linear-Gaussian model with its latent split into two sites, z = (a, b), and the exact
+    posterior as a two-site guide: a ~ p(a | x), then b ~ p(b | a, x) (a hierarchy's shape, with
+    the joint posterior, its correlations and I(x; z) = ½ log det Λ in closed form)."""
+
+    def __init__(self, lg: LinearGaussian, split: int = 1):
+        super().__init__()
+        self.lg, self.split = lg, split
+
+    def model(self, x):
+        lg, s = self.lg, self.split
+        with pyro.plate("data", x.shape[0]):
+            a = pyro.sample("a", dist.Normal(x.new_zeros(s), 1.0).to_event(1))
+            b = pyro.sample("b", dist.Normal(x.new_zeros(lg.z_dim - s), 1.0).to_event(1))
+            z = torch.cat([a, b.expand(a.shape[:-1] + b.shape[-1:])], -1)
+            pyro.sample("x", dist.Normal(z @ lg.W.T + lg.b, lg.sigma).to_event(1), obs=x)
+
+    def guide(self, x):
+        post = self.lg.posterior(x)
+        cov, mu, s = torch.linalg.inv(self.lg.posterior_precision()), post.loc, self.split
+        gain = cov[s:, :s] @ torch.linalg.inv(cov[:s, :s])  # E[b | a] = mu_b + gain (a - mu_a)
+        cond_cov = cov[s:, s:] - gain @ cov[:s, s:]
+        with pyro.plate("data", x.shape[0]):
+            a = pyro.sample("a", dist.MultivariateNormal(mu[:, :s], covariance_matrix=cov[:s, :s]))
+            loc_b = mu[:, s:] + (a - mu[:, :s]) @ gain.T
+            pyro.sample("b", dist.MultivariateNormal(loc_b, covariance_matrix=cond_cov))

@@ -13,7 +13,7 @@ import torch
 from ppl_vae import TrainConfig, Trainer, get_objective, load_dataset, log_px
 from ppl_vae.importance_sampling import NoDensityError
 from ppl_vae.objectives import cramer_wold2, mmd2, sliced_wasserstein2
-from ppl_vae.objectives.divergences import kummer_phi, silverman_gamma
+from ppl_vae.objectives.divergences import chi_quantiles, kummer_phi, radial_distance, silverman_gamma
 from ppl_vae.pair import build_pair
 
 GEN = torch.Generator().manual_seed(0)
@@ -41,6 +41,39 @@ def test_cramer_wold_is_near_zero_for_the_prior_and_grows_with_shift_and_scale()
     shifted = [float(cramer_wold2(z + s)) for s in (0.25, 0.5, 1.0)]
     assert base < shifted[0] < shifted[1] < shifted[2]
     assert float(cramer_wold2(z * 2.0)) > 5 * base
+
+
+def test_radial_distance_is_near_zero_for_the_prior_and_grows_with_shift_and_scale():
+    z = _normal(400, 8)
+    base = float(radial_distance(z))
+    # the sorted radii of 400 draws scatter around their quantiles by O(1/sqrt(n)); measured 0.004
+    assert base < 0.02 and float(radial_distance(_normal(1600, 8))) < base
+    shifted = [float(radial_distance(z + s)) for s in (0.25, 0.5, 1.0)]
+    assert base < shifted[0] < shifted[1] < shifted[2]
+    assert float(radial_distance(z * 2.0)) > 50 * base and float(radial_distance(z * 0.5)) > 50 * base
+    # by hand: radii and pairwise distances of 3 codes against chi(2)'s quantiles at 1/6, 1/2, 5/6
+    three = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    q = torch.tensor(chi_quantiles(3, 2), dtype=torch.float64)
+    radii = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    pairs = torch.tensor([1.0, 2.0, math.sqrt(5)], dtype=torch.float64) / math.sqrt(2)
+    expected = (radii - q).pow(2).mean() + (pairs - q).pow(2).mean()
+    assert torch.allclose(radial_distance(three), expected, atol=1e-6)
+
+
+def test_radial_gradient_moves_codes_toward_the_prior():
+    from ppl_vae.aggregate import prior_match_tests
+
+    for start in (_normal(300, 4) * 2.5 + 1.0, _normal(300, 4) * 0.3):
+        z = start.clone().requires_grad_(True)
+        before = prior_match_tests(start.detach().float(), permutations=50)["mmd2"]
+        optimiser = torch.optim.SGD([z], lr=2.0)
+        for _ in range(100):
+            optimiser.zero_grad()
+            radial_distance(z).backward()
+            optimiser.step()
+        assert torch.isfinite(z).all()
+        after = prior_match_tests(z.detach().float(), permutations=50)["mmd2"]
+        assert float(radial_distance(z.detach())) < 0.1 * float(radial_distance(start)) and after < 0.5 * before
 
 
 def test_sliced_wasserstein_in_one_dimension_is_the_exact_wasserstein_distance():
@@ -129,7 +162,7 @@ def test_the_penalty_enters_each_point_once():
     assert weighted - plain == pytest.approx(10 * d * X.shape[0], rel=1e-4)
 
 
-@pytest.mark.parametrize("spec", ["wae_mmd", "wae_mmd:kernel=rbf", "swae:projections=20", "cwae", "sparse_ae"])
+@pytest.mark.parametrize("spec", ["wae_mmd", "wae_mmd:kernel=rbf", "swae:projections=20", "cwae", "radial", "sparse_ae"])
 def test_autoencoders_with_a_deterministic_encoder_train(spec):
     data = load_dataset("digits")
     model, guide = _vae_pair("deterministic", x_dim=64)
@@ -155,6 +188,8 @@ def test_what_does_not_combine_is_refused_with_the_reason():
         _loss_and_grads("infovae", *_vae_pair("deterministic"))
     with pytest.raises(ValueError, match="distance to N\\(0, I\\).*not a standard normal"):
         _loss_and_grads("cwae", *_vae_pair(prior="vamp"))
+    with pytest.raises(ValueError, match="distance to N\\(0, I\\).*not a standard normal"):
+        _loss_and_grads("radial", *_vae_pair(prior="vamp"))
     assert get_objective("infovae:warmup=10")  # infovae has a KL term to warm up
 
 
@@ -184,9 +219,10 @@ def test_compare_preset_aggregate_reports_every_method_with_its_figures(tmp_path
     argv = ["compare", "--preset", "aggregate", "--dataset", "digits", "--epochs", "1", "--z-dim", "3", "--hidden", "16"]
     assert main([*argv, "--test-k", "5", "--eval-every", "0", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
-    assert [r["status"] for r in rows] == ["ok"] * 7
+    assert [r["status"] for r in rows] == ["ok"] * 8
     names = [r["variant"] for r in rows]
     assert names[0] == "VAE" and any(n.startswith("CWAE") for n in names) and any(n.startswith("sparse AE") for n in names)
+    assert any(n.startswith("radial") for n in names)
     for r in rows:
         assert {"test_distortion", "mmd2", "p_value", "skewness_p_value", "radius_p_value", "pairwise_p_value"} <= set(r)
         assert (r["log_px"] is None) == (r["guide"] == "deterministic")
@@ -195,3 +231,20 @@ def test_compare_preset_aggregate_reports_every_method_with_its_figures(tmp_path
     assert (out / "samples_side_by_side.png").stat().st_size > 1000 and (out / "aggregate_posteriors.png").stat().st_size > 1000
     assert main(["compare", "--preset", "aggregate", "--objectives", "elbo", "--out", str(tmp_path / "x")]) == 2
     assert "drop --objectives" in capsys.readouterr().err
+
+
+def test_a_penalty_weight_sweep_with_q_tests_gives_the_tradeoff_table_and_plot(tmp_path):
+    import json
+
+    from ppl_vae.cli import main
+
+    out = tmp_path / "sweep"
+    argv = ["compare", "--objectives", "radial:lam=0.1,radial:lam=100", "--guide", "deterministic", "--q-tests"]
+    argv += ["--dataset", "digits", "--epochs", "1", "--z-dim", "3", "--hidden", "16", "--test-k", "5", "--eval-every", "0"]
+    assert main([*argv, "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["objective"] for r in rows] == ["radial:lam=0.1", "radial:lam=100"]
+    assert all(r["status"] == "ok" and r["mmd2"] >= 0 and 0 < r["radius_p_value"] <= 1 for r in rows)
+    header = (out / "compare.md").read_text().splitlines()[0]
+    assert "reconstruction error" in header and "MMD² to N(0,I)" in header and "radius p" in header
+    assert (out / "reconstruction_vs_gaussianity.png").stat().st_size > 1000

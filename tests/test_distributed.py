@@ -129,6 +129,7 @@ def test_log_px_deals_batches_to_the_ranks_and_gathers_the_single_process_estima
     assert single.iwae_by_k == by_k and single.mc_se == mc_se
 
 
+@pytest.mark.slow  # two worker processes (about 16 s); compare --jobs is also run by the slow tier only
 def test_compare_jobs_2_writes_the_table_of_jobs_1(tmp_path, capsys):
     args = [
         "compare",
@@ -167,6 +168,7 @@ def _wait_for(path, seconds=120):
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # three two-process launches killed and resumed (about 40 s)
 def test_ctrl_c_and_a_killed_rank_leave_a_checkpoint_that_resumes(tmp_path):
     out = tmp_path / "run"
     args = ["train", *TINY, "--eval-every", "0", "--batch-size", "5", "--epochs", "200", "--out", str(out)]

@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SMALL = ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--hidden", "32", "--device", "cpu"]
 TINY = {
     "custom_model.py": SMALL,
-    "posterior_gap.py": [*SMALL, "--guides", "mean_field,full_cov,iaf,planar", "--seeds", "2"],
+    "posterior_gap.py": [*SMALL, "--guides", "mean_field,iaf", "--seeds", "2"],
     "two_layer_tutorial.py": [*SMALL, "--objectives", "elbo,vr:alpha=0.5,k=2"],
     "compare_priors.py": [*SMALL, "--components", "5"],
     "own_model.py": ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--device", "cpu"],
@@ -67,7 +67,11 @@ def test_every_benchmark_is_smoke_tested():
     assert sorted(p.name for p in BENCHMARKS.glob("*.py")) == sorted(BENCH_TINY)
 
 
-@pytest.mark.parametrize("name", sorted(BENCH_TINY))
+# two torchrun launches (about 40 s): in the slow tier; the default tier runs torchrun in test_distributed
+SLOW_BENCH = {"distributed_speed.py"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_BENCH else n for n in sorted(BENCH_TINY)])
 def test_benchmark_runs(name, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

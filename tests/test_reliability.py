@@ -75,6 +75,7 @@ def _same_run(a, b):
         assert torch.equal(p, b["params"][name]), name
 
 
+@pytest.mark.slow  # five training processes killed and resumed (about a minute); the default tier kills during checkpoint writes and on Ctrl-C
 def test_sigkill_at_random_moments_then_resume_gives_the_straight_run_bit_for_bit(tmp_path, straight_run):
     """Kill the training process with SIGKILL at random times, several times in a row; after each
     kill the checkpoint on disk loads, and resuming to the end reproduces the run that was never

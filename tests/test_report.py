@@ -175,7 +175,8 @@ def test_evaluate_command_writes_the_full_report(tmp_path, capsys):
     for words in ("IWAE bound by K", "PSIS k-hat", "I(x;z)", "q(z) vs N(0,I)", "mean |corr|", "How to read it"):
         assert words in table
     stages = [line for line in printed.err.splitlines() if line.startswith("evaluate [")]
-    n = len(STAGES)  # every stage applies at the full level with an output folder
+    applied = [stage.name for stage in STAGES if "inference gap" not in stage.name]  # that one: only with --refine
+    n = len(applied)  # every other stage applies at the full level with an output folder
     assert (
         stages[0] == f"evaluate [1/{n}] log p(x) by importance sampling" and stages[-1] == f"evaluate [{n}/{n}] the ArviZ export"
     )
@@ -188,12 +189,19 @@ def test_evaluate_command_writes_the_full_report(tmp_path, capsys):
     # one rate: the ELBO row's, split into I(x;z) and the marginal KL (no second estimate of it)
     assert "rate" not in r["surgery"]
     assert r["test_rate"] == pytest.approx(r["surgery"]["mutual_information"] + r["surgery"]["marginal_kl"])
-    assert r["latent_dims"] == 3 and set(r["stage_seconds"]) == {stage.name for stage in STAGES}
+    assert r["latent_dims"] == 3 and set(r["stage_seconds"]) == set(applied)
     assert len(r["kl_per_dimension"]["z"]) == 3 and r["prior_match"]["n"] == 80
     for name in ("reconstructions", "samples", "traversals", "aggregate_posterior", "iwae_vs_k"):
         assert (out / f"{name}.png").stat().st_size > 500
     assert (out / "posterior.nc").exists() and "| test log p(x) |" in (out / "evaluation.md").read_text()
     _check_html(out / "evaluation.html", r)
+    assert r["encoder_sigma"]["min"] > 0 and len(r["encoder_sigma"]["per_dimension"]["z"]) == 3
+    # --refine: the inference gap split, in its own folder
+    assert main(["evaluate", str(run), "--k", "20", "--n-points", "30", "--refine", "5", "--no-progress", "--device", "cpu"]) == 0
+    assert "inference gap split" in capsys.readouterr().out
+    g = json.loads((run / "eval-k20-n30-refine5" / "evaluation.json").read_text())["gap_split"]
+    assert g["points"] == 30 and g["steps"] == 5
+    assert g["inference_gap"] == pytest.approx(g["approximation_gap"] + g["amortisation_gap"], abs=1e-4)
 
 
 def _check_html(path, report):
@@ -238,9 +246,12 @@ def test_diagnostics_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
     layers = dict(x_dim=64, z_dims=(4, 2), hidden=((16,), (8,)))
     x = torch.bernoulli(torch.rand(20, 64))
     report = score(HierarchicalVAE(**layers), HierarchicalGuide(**layers), x, level="full", k=10)
-    assert "one latent site" in report["surgery"]["skipped"]
     assert "one latent site" in report["prior_match"]["skipped"]
     assert np.isfinite(report["log_px"])
+    # the rate's split and the correlations take every latent site together
+    assert report["surgery"]["joint"] and report["surgery"]["points"] == 20
+    assert np.isfinite(report["posterior_correlation"]["posterior_mean_abs_offdiag"])
+    assert len(report["encoder_sigma"]["per_dimension"]["z1"]) == 4 and report["encoder_sigma"]["max"] > 0
 
 
 def test_pictures_are_labelled_and_readable_at_any_n(tmp_path):

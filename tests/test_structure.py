@@ -18,7 +18,7 @@ LAYERS = [
      "run_folder", "user_code", "sites", "capture", "checks", "nn", "__init__"},
     {"models", "guides"},  # generative models and guides
     {"objectives"},  # training objectives
-    {"evaluate", "importance_sampling", "aggregate", "posterior", "plots", "scoring", "report_text", "html_report"},
+    {"evaluate", "importance_sampling", "aggregate", "posterior", "refine", "plots", "scoring", "report_text", "html_report"},
     {"step", "faults", "epoch_log", "pair", "train_state", "train_setup", "train"},  # the training step and loop
     {"experiment", "compare", "compare_table", "compare_stats", "compare_workers", "run_spec", "cli_options", "cli", "__main__"},
 ]  # fmt: skip

@@ -17,6 +17,8 @@ name           w_KL    D                                       reference
 ``wae_mmd``    0       MMD                                      Tolstikhin et al. 2018 (WAE)
 ``swae``       0       sliced W2^2 (``projections``)            Kolouri et al. 2019
 ``cwae``       0       log of the Cramér–Wold distance to N(0,I) Tabor et al. 2018
+``radial``     0       W2^2 of radii and pairwise distances     the seed discussion's proposal
+                       to their chi(d) law under N(0,I)
 ``sparse_ae``  0       mean L1 norm of the codes                 the point-mass baseline
 =============  ======  =====================================  =================================
 
@@ -31,10 +33,10 @@ from __future__ import annotations
 import torch
 
 from ..sites import SiteTerms
-from .divergences import KERNELS, cramer_wold2, mmd2, sliced_wasserstein2
+from .divergences import KERNELS, cramer_wold2, mmd2, radial_distance, sliced_wasserstein2
 from .importance import PerPointObjective
 
-PENALTIES = ("mmd", "swd", "cw", "l1")
+PENALTIES = ("mmd", "swd", "cw", "radial", "l1")
 
 
 def latent_codes(terms: SiteTerms, site: str) -> torch.Tensor:
@@ -110,7 +112,7 @@ class AggregatePenalized(PerPointObjective):
         z = latent_codes(terms, site)
         if self.penalty == "l1":
             return z.abs().sum(-1).mean()
-        if self.penalty == "cw":
+        if self.penalty in ("cw", "radial"):
             prior = terms.model_trace.nodes[site]["fn"]
             # checked once per site: the check reads values to the host, which a compiled step cannot
             if site not in self._normal_sites and not _is_standard_normal(prior):
@@ -119,6 +121,8 @@ class AggregatePenalized(PerPointObjective):
                     f"{type(getattr(prior, 'base_dist', prior)).__name__}, not a standard normal; use wae_mmd or swae"
                 )
             self._normal_sites.add(site)
+            if self.penalty == "radial":
+                return radial_distance(z)
             return torch.log(cramer_wold2(z).clamp(min=1e-12))
         prior = prior_codes(terms, site)
         if self.penalty == "mmd":
@@ -164,8 +168,12 @@ def cwae(lam: float = 1.0, site=None, k: int = 1, max_plate_nesting=None):
     return AggregatePenalized("cw", lam, 0.0, site=site, num_particles=k, max_plate_nesting=max_plate_nesting, name="cwae")
 
 
+def radial(lam: float = 10.0, site=None, k: int = 1, max_plate_nesting=None):
+    return AggregatePenalized("radial", lam, 0.0, site=site, num_particles=k, max_plate_nesting=max_plate_nesting, name="radial")
+
+
 def sparse_ae(lam: float = 0.1, site=None, k: int = 1, max_plate_nesting=None):
     return AggregatePenalized("l1", lam, 0.0, site=site, num_particles=k, max_plate_nesting=max_plate_nesting, name="sparse_ae")
 
 
-NO_KL = ("wae_mmd", "swae", "cwae", "sparse_ae")  # beta and warm-up scale a KL term these do not have
+NO_KL = ("wae_mmd", "swae", "cwae", "radial", "sparse_ae")  # beta and warm-up scale a KL term these do not have

@@ -18,6 +18,10 @@ Each takes codes ``z`` of shape ``(n, D)`` (and prior samples of the same shape 
 
   :math:`\phi_D(s) = {}_1F_1(\tfrac12; \tfrac D2; -s)` (:func:`kummer_phi`, by quadrature, not the
   paper's rough approximation); :math:`\gamma = (4 / 3n)^{2/5}` (Silverman's rule) unless given.
+- :func:`radial_distance`: the seed discussion's proposal, the empirical distribution functions of
+  the radii :math:`\|z_i\|` and of the pairwise distances :math:`\|z_i - z_j\| / \sqrt2` matched
+  to the :math:`\chi_D` law they follow under N(0, I), each as the 1-D
+  :math:`W_2^2 = \frac1m \sum_i (r_{(i)} - F_{\chi_D}^{-1}(\frac{i - 1/2}{m}))^2` of the sorted values.
 """
 
 from __future__ import annotations
@@ -106,3 +110,29 @@ def cramer_wold2(z: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
     pairs = kummer_phi(_sq_dists(z, z) / (4 * g), d).sum() / (2 * n * n * math.sqrt(math.pi * g))
     cross = kummer_phi(z.pow(2).sum(-1) / (2 + 4 * g), d).sum() / (n * math.sqrt(math.pi * (g + 0.5)))
     return pairs + 1.0 / (2 * math.sqrt(math.pi * (1 + g))) - cross
+
+
+@functools.lru_cache(maxsize=64)
+def chi_quantiles(m: int, d: int) -> tuple[float, ...]:
+    """The chi(d) quantiles at the midpoints (i - 1/2) / m, i = 1..m: where m sorted draws should sit."""
+    from scipy import stats
+
+    return tuple(stats.chi(d).ppf((np.arange(m) + 0.5) / m).tolist())
+
+
+def _sorted_w2(values: torch.Tensor, d: int) -> torch.Tensor:
+    target = torch.tensor(chi_quantiles(values.shape[0], d), dtype=values.dtype, device=values.device)
+    return (values.sort().values - target).pow(2).mean()
+
+
+def radial_distance(z: torch.Tensor) -> torch.Tensor:
+    """W_2^2 of the radii to chi(D) plus that of the pairwise distances / sqrt(2) (all pairs i < j) to
+    chi(D): ~0 for a sample of N(0, I) (module docstring). At least 2 codes."""
+    n, d = z.shape
+    if n < 2:
+        raise ValueError(f"the radial distance needs at least 2 codes, got {n}")
+    # sqrt of a clamped square: a finite gradient where two codes (or a code and 0) coincide
+    radii = z.pow(2).sum(-1).clamp(min=1e-12).sqrt()
+    i, j = torch.triu_indices(n, n, 1, device=z.device)
+    pairs = ((z[i] - z[j]).pow(2).sum(-1) / 2).clamp(min=1e-12).sqrt()
+    return _sorted_w2(radii, d) + _sorted_w2(pairs, d)
