@@ -172,9 +172,9 @@ def _split_row(r: dict) -> Row:
     se = s.get("mutual_information_se")
     value = f"{s['mutual_information']:.2f}" + (f" ± {se:.2f}" if se is not None and math.isfinite(se) else "")
     value += f" + {s['marginal_kl']:.2f} (the rate {r['test_rate']:.2f} of the ELBO row)"
-    whose = "the joint code of every latent site, " if s.get("joint") else ""
+    whose = "of the joint code of every latent site " if s.get("joint") else ""
     note = (
-        f"I(x;z) of {whose}estimated on {s['points']} points (it cannot exceed log {s['points']} = "
+        f"I(x;z) {whose}estimated on {s['points']} points (it cannot exceed log {s['points']} = "
         f"{s['mutual_information_max']:.2f}; ± its SE over the points); "
         "KL(q(z)||p(z)) is the rest of the rate: how far the aggregate posterior is from the prior. A large one means "
         "prior samples land where no data point is encoded (try --prior vamp or an aggregate objective such as infovae)"

@@ -130,7 +130,7 @@ def test_every_built_in_guide_and_the_hierarchical_model_compile(model_name, gui
     assert_same_step(get_objective("iwae:k=3"), model, guide, _data())
 
 
-@pytest.mark.parametrize("spec", ["wae_mmd", "swae:projections=5", "cwae", "sparse_ae"])
+@pytest.mark.parametrize("spec", ["wae_mmd", "swae:projections=5", "cwae", "radial", "sparse_ae"])
 def test_a_deterministic_encoder_compiles(spec):
     pyro.set_rng_seed(0)
     small = {"z_dim": 3, "hidden": (16,)}
