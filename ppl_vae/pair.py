@@ -18,6 +18,7 @@ from . import hooks, param_store
 from .capture import module_of, same_draws
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
+from .device import seed_everything
 from .registry import GUIDES, MODELS
 from .user_code import is_file_ref, load_user_callable, resolve_ref
 
@@ -133,6 +134,31 @@ def load_params(params: dict[str, torch.Tensor], state: dict) -> None:
             p.copy_(state[name].to(p.device))
 
 
+def named_buffers(model, guide) -> dict[str, torch.Tensor]:
+    """The modules' buffers by name (``model.<name>``, ``guide.<name>``): state that is not a parameter
+    but decides the pair's answers, such as the random orderings of an IAF's MADE masks."""
+    out = {}
+    for prefix, fn in (("model", model), ("guide", guide)):
+        module = module_of(fn)
+        if module is not None:
+            out.update({f"{prefix}.{name}": b for name, b in module.named_buffers()})
+    return out
+
+
+def load_buffers(model, guide, saved: dict) -> None:
+    """Copy a checkpoint's buffers into the pair's by name (a checkpoint written before they were
+    saved has none: the pair is then rebuilt under the run's seed, which draws them alike)."""
+    with torch.no_grad():
+        for name, b in named_buffers(model, guide).items():
+            if name not in saved:
+                continue
+            if saved[name].shape != b.shape:
+                raise CheckpointError(
+                    f"checkpoint buffer '{name}' has shape {tuple(saved[name].shape)}, this pair's has {tuple(b.shape)}"
+                )
+            b.copy_(saved[name].to(b.device))
+
+
 def _likely_cause(name: str) -> str:
     if "encoder" in name or "guide" in name:
         return " (the data's width or the guide's z_dim differs from the checkpoint's)"
@@ -200,11 +226,13 @@ def restore_pair(
             )
         return _without_data(state, config, dev, notes), None
     dataset = dataset_of(spec)
+    seed_everything(config.seed)  # as training built it: random buffers (MADE orderings) drawn alike
     model_fn, guide_fn = _to(build_pair(spec, dataset.x_dim, dataset.image_shape), dev)
     train_x = train_x_of(dataset)[0].to(dev)
     hooks.refresh(model_fn, train_x)  # data-dependent state must exist before the first trace
     params = capture_params(lambda: _run_pair(model_fn, guide_fn, dataset.eval_x("val", dev)[:2]), dev)
     load_params(params, state["params"])
+    load_buffers(model_fn, guide_fn, state.get("buffers", {}))
     hooks.refresh(model_fn, train_x)  # and follow the loaded weights
     set_training(model_fn, guide_fn, False)
     return TrainedPair(model_fn, guide_fn, config, state["epoch"], dev, notes), dataset

@@ -95,13 +95,10 @@ class Trainer:
         if isinstance(self.objective, hooks.Scheduled):  # the trainer drives the schedule from here on
             self.objective.set_progress(self.step, self.epoch)
         self.params = capture_params(lambda: self.objective.differentiable_loss(self.model, self.guide, x), self.device)
-        cfg = self.config
-        self.fixed = (
-            fix_model_from(cfg.model_from, self.model, self.guide, x, self.params, self.device) if cfg.model_from else {}
-        )  # capturable on CUDA: the step counter lives on the device, so no update reads the host
-        self.optimizer = torch.optim.Adam(
-            self.params.values(), lr=cfg.lr, eps=cfg.adam_eps, capturable=self.device.type == "cuda"
-        )
+        cfg, params = self.config, self.params  # fix_model_from takes the fixed ones out of params
+        self.fixed = fix_model_from(cfg.model_from, self.model, self.guide, x, params, self.device) if cfg.model_from else {}
+        # capturable on CUDA: the step counter lives on the device, so no update reads the host
+        self.optimizer = torch.optim.Adam(params.values(), lr=cfg.lr, eps=cfg.adam_eps, capturable=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
 
     def state_dict(self) -> dict:

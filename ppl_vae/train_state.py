@@ -15,6 +15,7 @@ from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .device import rng_state, set_rng_state
+from .pair import load_buffers, named_buffers
 
 
 def same_run_settings(config: TrainConfig, saved: TrainConfig) -> list[str]:
@@ -45,6 +46,7 @@ def save_training(trainer, path: str | os.PathLike) -> Path | None:
         {
             "config": asdict(trainer.config),
             "params": trainer.state_dict(),
+            "buffers": {k: b.detach().cpu().clone() for k, b in named_buffers(trainer.model, trainer.guide).items()},
             "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(),
             "epoch": trainer.epoch,
@@ -90,6 +92,7 @@ def resume_training(trainer, path: str | os.PathLike) -> None:
             else f"checkpoint {path} was written by {saved_world} process(es) and this run has {world}: resume without torchrun"
         )
     trainer.load_params(state["params"])
+    load_buffers(trainer.model, trainer.guide, state.get("buffers", {}))
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.epoch, trainer.step, trainer.history = state["epoch"], state["step"], list(state["history"])
