@@ -173,6 +173,13 @@ def _split_row(r: dict) -> Row:
     value = f"{s['mutual_information']:.2f}" + (f" ± {se:.2f}" if se is not None and math.isfinite(se) else "")
     value += f" + {s['marginal_kl']:.2f} (the rate {r['test_rate']:.2f} of the ELBO row)"
     whose = "of the joint code of every latent site " if s.get("joint") else ""
+    if s.get("conditional_prior"):
+        note = (
+            f"I(x;z) {whose}estimated on {s['points']} points (at most log {s['points']} = {s['mutual_information_max']:.2f}); "
+            "this model's prior is conditioned on other points' codes (ACN), so the rest of the rate is not "
+            "KL(q(z)||p(z)) and can be negative: the code costs less than the information it carries"
+        )
+        return Row("rate split: I(x;z) + rest of the rate", value, note)
     note = (
         f"I(x;z) {whose}estimated on {s['points']} points (it cannot exceed log {s['points']} = "
         f"{s['mutual_information_max']:.2f}; ± its SE over the points); "

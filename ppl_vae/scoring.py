@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from . import distributed
+from . import distributed, hooks
 from .evaluate import active_units, elbo_terms, posterior_means
 from .importance_sampling import NoDensityError, log_px
 
@@ -146,6 +146,8 @@ def _kl_split(s: Scoring) -> dict:
             "points": n,
             "mutual_information_max": math.log(n),
             "joint": surgery.joint,
+            # a prior conditioned on other points' codes (ACN): the rest of the rate is not KL(q(z)||p(z))
+            "conditional_prior": hooks.reads_training_data(s.model),
         }
 
     return {"kl_per_dimension": _try(per_dimension), "surgery": _try(split)}

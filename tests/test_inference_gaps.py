@@ -112,3 +112,22 @@ def test_refinement_needs_a_local_head_and_says_so():
     with pytest.raises(ValueError, match="local_head"):
         refine_points(lg, ShiftedPosteriorGuide(lg), lg.sample_data(5), steps=2)
     assert math.isfinite(refine_points(lg, MeanFieldGuide(6, 2, hidden=()), lg.sample_data(5), steps=2).elbo_refined.mean())
+
+
+def test_the_rate_split_under_a_conditional_prior_does_not_call_the_rest_a_kl():
+    from ppl_vae import hooks
+    from ppl_vae.pair import build_pair
+    from ppl_vae.report_text import report_rows
+    from ppl_vae.scoring import score
+
+    x = torch.bernoulli(torch.rand(40, 16, generator=torch.Generator().manual_seed(0)))
+    small = {"z_dim": 3, "hidden": [8]}
+    for prior, conditional in (("acn", True), ("normal", False)):
+        model, guide = build_pair(
+            {"model": "vae", "guide": "mean_field", "model_kwargs": {**small, "prior": prior}, "guide_kwargs": small}, 16
+        )
+        hooks.refresh(model, x)
+        r = score(model, guide, x, level="full", k=10)
+        assert r["surgery"]["conditional_prior"] is conditional
+        (row,) = [row for row in report_rows(r) if row.quantity.startswith("rate split")]
+        assert ("not KL(q(z)||p(z))" in row.note) is conditional and ("KL(q(z)||p(z))" in row.quantity) is not conditional
