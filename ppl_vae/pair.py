@@ -97,7 +97,10 @@ def fix_model_from(checkpoint, model, guide, x: torch.Tensor, params: dict[str, 
     names = model_only_params(model, guide, x, params, device)
     if not names:
         raise ValueError(f"--model-from {checkpoint}: the model registers no parameters of its own to take from it")
-    saved = load_checkpoint(checkpoint)["params"]
+    try:
+        saved = load_checkpoint(checkpoint)["params"]
+    except CheckpointError as err:
+        raise CheckpointError(f"--model-from: {err}") from None
     missing = [n for n in names if n not in saved]
     shapes = [
         f"{n} {tuple(saved[n].shape)} vs {tuple(params[n].shape)}"

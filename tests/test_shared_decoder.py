@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ppl_vae.checkpoint import CheckpointError, load_checkpoint
+from ppl_vae.checkpoint import load_checkpoint
 from ppl_vae.cli import main
 
 RUN = ["--dataset", "digits", "--epochs", "2", "--z-dim", "3", "--hidden", "16", "--test-k", "5", "--eval-every", "0"]
@@ -44,5 +44,6 @@ def test_a_model_that_does_not_match_is_refused_with_the_names(decoder_run, tmp_
     argv = ["train", *RUN, "--hidden", "8", "--model-from", str(decoder_run), "--out", str(tmp_path / "x")]
     assert main(argv) == 2
     assert "does not match this one" in capsys.readouterr().err
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "nowhere")
+    assert main(["train", *RUN, "--model-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "--model-from: checkpoint" in err and "does not exist" in err
