@@ -76,12 +76,10 @@ def _guide_log_density(guide, x: torch.Tensor, values: dict[str, torch.Tensor]) 
     return total
 
 
-def _codes(guide, x: torch.Tensor, latent: list[str]) -> dict[str, torch.Tensor]:
-    """One draw of every latent site per point, the data axis first."""
-    from pyro import poutine
-
-    trace = poutine.trace(guide).get_trace(x)
-    return {name: trace.nodes[name]["value"].movedim(_data_axis(trace.nodes[name]), 0) for name in latent}
+def _per_point(site, n: int) -> torch.Tensor:
+    """A site's value with the data axis first, one row per point: ``(n, *event_shape)``."""
+    value = site["value"]
+    return value.movedim(_data_axis(site), 0).reshape(n, *value.shape[value.dim() - site["fn"].event_dim :])
 
 
 @torch.no_grad()
@@ -97,17 +95,20 @@ def elbo_surgery(model, guide, x: torch.Tensor, samples_per_point: int = 1, batc
     """
     probe = site_terms(model, guide, x[:2], num_particles=1)
     if len(probe.latent) > 1:
-        return _joint_surgery(model, guide, x[:joint_points], probe.latent, samples_per_point, batch)
+        return _joint_surgery(model, guide, x[:joint_points], probe.latent, samples_per_point)
     name = probe.latent[0]
     n = x.shape[0]
-    parts = [site_terms(model, guide, x[i : i + batch], num_particles=1) for i in range(0, n, batch)]
+
+    def draw():
+        return [site_terms(model, guide, x[i : i + batch], num_particles=1) for i in range(0, n, batch)]
+
+    parts = draw()
     fns = [t.guide_trace.nodes[name]["fn"] for t in parts]  # q(. | x_m), batch shape (1, b)
     rate, info = [], []
-    for draw in range(samples_per_point):
-        for t in (
-            parts if draw == 0 else [site_terms(model, guide, x[i : i + batch], num_particles=1) for i in range(0, n, batch)]
-        ):
-            z = t.guide_trace.nodes[name]["value"].reshape(-1, t.guide_trace.nodes[name]["value"].shape[-1])
+    for i in range(samples_per_point):
+        for t in parts if i == 0 else draw():
+            value = t.guide_trace.nodes[name]["value"]
+            z = value.reshape(-1, value.shape[-1])
             own = t.guide_terms[name][0]  # log q(z_i | x_i)
             rate.append(own - t.model_terms[name][0])  # against each point's own prior term
             c = z.shape[0]
@@ -119,7 +120,7 @@ def elbo_surgery(model, guide, x: torch.Tensor, samples_per_point: int = 1, batc
     return _surgery(torch.cat(rate), torch.cat(info), samples_per_point, n, joint=False)
 
 
-def _joint_surgery(model, guide, x: torch.Tensor, latent: list[str], samples_per_point: int, batch: int) -> Surgery:
+def _joint_surgery(model, guide, x: torch.Tensor, latent: list[str], samples_per_point: int) -> Surgery:
     n = x.shape[0]
     rows = max(1, (50_000 // n))  # codes per block: a block runs the guide on rows x n inputs
     rate, info = [], []
@@ -127,13 +128,7 @@ def _joint_surgery(model, guide, x: torch.Tensor, latent: list[str], samples_per
         t = site_terms(model, guide, x, num_particles=1)
         own = sum(t.guide_terms[name][0] for name in latent)
         rate.append(own - sum(t.model_terms[name][0] for name in latent))
-        codes = {name: t.guide_trace.nodes[name]["value"] for name in latent}
-        codes = {
-            name: v.movedim(_data_axis(t.guide_trace.nodes[name]), 0).reshape(
-                n, *v.shape[v.dim() - t.guide_trace.nodes[name]["fn"].event_dim :]
-            )
-            for name, v in codes.items()
-        }
+        codes = {name: _per_point(t.guide_trace.nodes[name], n) for name in latent}
         log_qz = []
         for i in range(0, n, rows):
             c = min(rows, n - i)
