@@ -14,8 +14,14 @@ K = 5,000 on all test images; active units by Cov_x E_q[u] > 0.01.
     python benchmarks/reproduce_iwae.py --cell 2L-iwae50 --data-dir ../shared/data --out runs/iwae --minutes 9
     # a stated reduced budget, the same for every cell (the first P passes of the schedule)
     python benchmarks/reproduce_iwae.py --cell 1L-vae1 --passes 13 --data-dir ../shared/data --out runs/iwae
-    # the table of every finished cell
+    # its plain-PyTorch reference (no Pyro; the same networks, initialisation, optimiser and data),
+    # into runs/iwae/reference/1L-vae1, scored by the same estimator on the same test images
+    python benchmarks/reproduce_iwae.py --cell 1L-vae1 --passes 13 --reference --data-dir ../shared/data --out runs/iwae
+    # the table of every finished cell, with paper, ppl_vae, reference and their paired difference
     python benchmarks/reproduce_iwae.py --table --out runs/iwae
+
+The decoder's output bias starts at the training pixels' marginal log-odds (``--no-data-init``:
+PyTorch's default), in the cell and its reference alike.
 
 Exit status: 0 when the cell is finished and scored, 3 when a piece stopped at --minutes (run
 the same command again), 2 on bad input.
@@ -24,7 +30,9 @@ the same command again), 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -72,6 +80,8 @@ def load(args):
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, binarize="dynamic")
     train = torch.cat([data.train.x, data.val.x])  # the loader holds 10,000 out for validation; the paper trains on all
+    if args.train_n:
+        train = train[: args.train_n]
     test = data.eval_x("test")
     if args.test_n:
         test = test[: args.test_n]
@@ -79,23 +89,19 @@ def load(args):
 
 
 def run_cell(args) -> int:
-    from ppl_vae import TrainConfig, Trainer, log_px
+    from ppl_vae import TrainConfig, Trainer
     from ppl_vae.device import seed_everything
-    from ppl_vae.evaluate import active_units, elbo_terms
-    from ppl_vae.run_folder import provenance, write_json
     from ppl_vae.train import Interrupted
 
     layers, objective, flow, prior = CELLS[args.cell]
-    out = Path(args.out) / args.cell
-    done = out / "result.json"
-    if done.exists():
-        result = json.loads(done.read_text())
-        if result["passes"] == args.passes and result["k"] == args.test_k:
-            print(f"{args.cell}: finished already ({result['nll']:.2f} ± {result['nll_se']:.2f} nats); {done}")
-            return 0
+    out = cell_folder(args)
+    if finished(args, out):
+        return 0
     train_x, test_x = load(args)
     seed_everything(args.seed)
     model, guide = build_pair(layers, flow, prior)
+    if args.reference:
+        return run_reference(args, out, train_x, test_x, model, guide)
     config = TrainConfig(
         epochs=args.passes,
         batch_size=20,
@@ -111,6 +117,7 @@ def run_cell(args) -> int:
         epoch_lines=args.no_progress,
         compile=args.compile,
         time_limit=60 * args.minutes,
+        data_init=not args.no_data_init,
         meta={"cell": args.cell, "dataset": args.dataset},
     )
     trainer = Trainer(model, guide, config)
@@ -121,15 +128,103 @@ def run_cell(args) -> int:
         print(f"{args.cell}: {stop}; pass {trainer.epoch} of {args.passes}: run the same command to continue")
         return 3
     trainer.set_training(False)
-    test_x = test_x.to(trainer.device)
+    trained = {
+        "passes": trainer.epoch,
+        "steps": trainer.step,
+        "train_seconds": sum(r["seconds"] for r in trainer.history),
+        "this_piece_seconds": time.perf_counter() - start,
+        "step": trainer.step_fn.reason,
+        "data_init": trainer.data_init,
+        "n_train": train_x.shape[0],
+    }
+    return record(args, out, trainer.model, trainer.guide, test_x.to(trainer.device), trained, trainer.device)
+
+
+def run_reference(args, out: Path, train_x, test_x, model, guide) -> int:
+    """The cell's plain-PyTorch twin (``iwae_reference.py``), scored as the cell is."""
+    import torch
+
+    reference_module = _reference_module()
+    layers, objective, flow, prior = CELLS[args.cell]
+    if flow or prior != "normal" or not objective.startswith(("elbo", "iwae")):
+        print(
+            f"reproduce_iwae.py: error: --reference is written for the paper's cells (elbo and iwae), not {args.cell}",
+            file=sys.stderr,
+        )
+        return 2
+    torch.manual_seed(args.seed)  # the same seed the cell's networks are built under: the same initial weights
+    reference = reference_module.Reference(layers)
+    start = time.perf_counter()
+    done = reference_module.train(reference, train_x, objective, args.passes, SCHEDULE, args.seed, out,
+                                  minutes=args.minutes, data_init=not args.no_data_init, log=print)  # fmt: skip
+    if not done:
+        print(f"{args.cell} reference: stopped after --minutes at a pass's end: run the same command to continue")
+        return 3
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    reference_module.copy_into(reference, model, guide)
+    trained = {
+        "passes": state["passes"],
+        "steps": state["passes"] * math.ceil(train_x.shape[0] / 20),
+        "train_seconds": state["seconds"],
+        "this_piece_seconds": time.perf_counter() - start,
+        "step": "plain PyTorch loop (benchmarks/iwae_reference.py), eager",
+        "data_init": "decoder's output bias at the pixel means' log-odds" if state["data_init"] else "off (--no-data-init)",
+        "n_train": train_x.shape[0],
+    }
+    return record(args, out, model, guide, test_x, trained, torch.device("cpu"))
+
+
+def _reference_module():
+    spec = importlib.util.spec_from_file_location("iwae_reference", Path(__file__).with_name("iwae_reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cell_folder(args) -> Path:
+    return Path(args.out) / ("reference" if args.reference else "") / args.cell
+
+
+def finished(args, out: Path) -> bool:
+    """Whether ``out`` holds this cell scored at these passes and K already (then it is read back);
+    a folder trained with the other initialisation is refused."""
+    import torch
+
+    done, checkpoint = out / "result.json", out / "checkpoint.pt"
+    if checkpoint.exists():
+        recorded = torch.load(checkpoint, weights_only=False, map_location="cpu").get("data_init")
+        with_init = bool(recorded) and not (isinstance(recorded, str) and recorded.startswith("off"))
+        if with_init == args.no_data_init:
+            raise ValueError(f"{out} holds a run {'with' if with_init else 'without'} the data-informed initialisation "
+                             f"and the command asks {'without' if with_init else 'with'} it: give another --out")  # fmt: skip
+    if not done.exists():
+        return False
+    result = json.loads(done.read_text())
+    if result["passes"] == args.passes and result["k"] == args.test_k and result["n_test"] == (args.test_n or result["n_test"]):
+        print(f"{args.cell}: finished already ({result['nll']:.2f} ± {result['nll_se']:.2f} nats); {done}")
+        return True
+    return False
+
+
+def record(args, out: Path, model, guide, test_x, trained: dict, device) -> int:
+    """Score the trained pair on the test images (the same estimator and draws for the cell and its
+    reference) and write ``result.json`` and the per-image estimates (``per_point.pt``)."""
+    import torch
+
+    from ppl_vae import log_px
+    from ppl_vae.evaluate import active_units, elbo_terms
+    from ppl_vae.run_folder import provenance, write_json
+
+    layers, objective, flow, prior = CELLS[args.cell]
     start_eval = time.perf_counter()
-    est = log_px(trainer.model, trainer.guide, test_x, k=args.test_k, seed=args.seed, progress=not args.no_progress)
+    est = log_px(model, guide, test_x, k=args.test_k, seed=args.seed, progress=not args.no_progress)
     eval_seconds = time.perf_counter() - start_eval
-    units = active_units(trainer.model, trainer.guide, test_x)
-    terms = elbo_terms(trainer.model, trainer.guide, test_x)
+    units = active_units(model, guide, test_x)
+    terms = elbo_terms(model, guide, test_x)
     result = {
         "cell": args.cell,
         "objective": objective,
+        "trained_by": "reference" if args.reference else "ppl_vae",
         "layers": layers,
         "guide": f"hierarchical, {flow} layers" if flow else ("hierarchical" if layers == 2 else "mean_field"),
         "prior": prior,
@@ -142,44 +237,66 @@ def run_cell(args) -> int:
         "test_elbo": terms.elbo,
         "active_units": {k: v for k, v in units.items() if k not in ("dims", "sigma")},
         "encoder_sigma": units["sigma"],
-        "passes": trainer.epoch,
+        **trained,
         "full_passes": FULL_PASSES,
-        "steps": trainer.step,
-        "train_seconds": sum(r["seconds"] for r in trainer.history),
-        "this_piece_seconds": time.perf_counter() - start,
         "eval_seconds": eval_seconds,
-        "step": trainer.step_fn.reason,
         "dataset": args.dataset,
         "test_binarization": "Bernoulli(intensity) once, seed ppl_vae.data.EVAL_BINARIZE_SEED",
-        "device": str(trainer.device),
-        **provenance(trainer.device),
+        "device": str(device),
+        **provenance(device),
     }
-    write_json(result, done)
+    torch.save(est.per_point.detach().cpu(), out / "per_point.pt")
+    write_json(result, out / "result.json")
     print(
-        f"{args.cell}: -log p(x) = {result['nll']:.2f} ± {result['nll_se']:.2f} nats (K={est.k}, {est.n} test images; "
-        f"paper {result['paper_nll']}), {trainer.epoch} passes, active units {units['total']} of {units['dims']}; {done}"
+        f"{args.cell}{' reference' if args.reference else ''}: -log p(x) = {result['nll']:.2f} ± {result['nll_se']:.2f} "
+        f"nats (K={est.k}, {est.n} test images; paper {result['paper_nll']}), {result['passes']} passes, active units "
+        f"{units['total']} of {units['dims']}; {out / 'result.json'}"
     )
     return 0
 
 
+def paired(out: Path, cell: str) -> str:
+    """ppl_vae's -log p(x) minus its reference's, mean ± SE over the test images both scored."""
+    import torch
+
+    ours, theirs = out / cell / "per_point.pt", out / "reference" / cell / "per_point.pt"
+    if not (ours.exists() and theirs.exists()):
+        return ""
+    a, b = torch.load(ours), torch.load(theirs)
+    if a.shape != b.shape:
+        return "scored on other test images"
+    d = (b - a).double()  # -log p(x) of ppl_vae minus the reference's, per image
+    return f"{d.mean():+.2f} ± {d.std() / math.sqrt(len(d)):.2f}"
+
+
 def table(args) -> int:
-    rows = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*/result.json"))]
-    if not rows:
+    out = Path(args.out)
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
+    references = {r["cell"]: r for r in (json.loads(p.read_text()) for p in out.glob("reference/*/result.json"))}
+    if not rows and not references:
         print(f"no finished cell under {args.out}", file=sys.stderr)
         return 2
     lines = [
-        "| cell | objective | paper −log p(x) | ours −log p(x) ± SE | gap | passes | K × test images | active units | device | train time | eval time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| cell | objective | paper −log p(x) | ppl_vae −log p(x) ± SE | gap | plain PyTorch −log p(x) ± SE | ppl_vae − plain (paired) "
+        "| passes | K × test images | active units | init | train time (ppl_vae / plain) | eval time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {name: i for i, name in enumerate(CELLS)}
-    for r in sorted(rows, key=lambda r: order.get(r["cell"], 99)):
-        paper = r.get("paper_nll")
-        gap = f"{r['nll'] - paper:+.2f}" if paper else ""
-        units = ", ".join(f"{k} {v}" for k, v in r["active_units"].items() if k != "total")
+    by_cell = {r["cell"]: r for r in rows}
+    for cell in sorted(set(by_cell) | set(references), key=lambda c: order.get(c, 99)):
+        r, ref = by_cell.get(cell), references.get(cell)
+        shown = r or ref
+        paper = shown.get("paper_nll")
+        gap = f"{r['nll'] - paper:+.2f}" if paper and r else ""
+        units = ", ".join(f"{k} {v}" for k, v in shown["active_units"].items() if k != "total")
+        ours = f"{r['nll']:.2f} ± {r['nll_se']:.2f}" if r else "—"
+        plain = f"{ref['nll']:.2f} ± {ref['nll_se']:.2f}" if ref else "—"
+        times = " / ".join(f"{x['train_seconds'] / 60:.1f} min" if x else "—" for x in (r, ref))
+        init = "data" if not shown.get("data_init", "off").startswith("off") else "default"
         lines.append(
-            f"| {r['cell']} | {r['objective']} | {paper or '—'} | {r['nll']:.2f} ± {r['nll_se']:.2f} | {gap} | "
-            f"{r['passes']} of {r['full_passes']} | {r['k']} × {r['n_test']} | {units} | {r['device_name']} | "
-            f"{r['train_seconds'] / 60:.1f} min | {r['eval_seconds']:.0f} s |"
+            f"| {cell} | {shown['objective']} | {paper or '—'} | {ours} | {gap} | {plain} | {paired(out, cell)} | "
+            f"{shown['passes']} of {shown['full_passes']} | {shown['k']} × {shown['n_test']} | {units} | {init} | {times} | "
+            f"{shown['eval_seconds']:.0f} s |"
         )
     text = "\n".join(lines)
     print(text)
@@ -201,12 +318,24 @@ def main(argv=None) -> int:
     )
     p.add_argument("--test-k", type=int, default=5000, help="importance samples per test image (default: 5000)")
     p.add_argument("--test-n", type=int, default=0, help="score only the first N test images (default: all)")
+    p.add_argument(
+        "--train-n", type=int, default=0, help="train on the first N training images only, for a smoke test (default: all)"
+    )
     p.add_argument("--minutes", type=float, default=0, help="stop this piece cleanly after so many minutes (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", default=None, help="also write the finished cell's result here")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="train the cell with the plain-PyTorch loop of iwae_reference.py instead (no Pyro; the same networks, "
+        "initialisation, optimiser, batch, schedule and binarisation), into OUT/reference/CELL, scored the same way",
+    )
+    p.add_argument(
+        "--no-data-init", action="store_true", help="leave the decoder's output bias at PyTorch's default initialisation"
+    )
     args = p.parse_args(argv)
     if args.table:
         return table(args)
@@ -220,7 +349,7 @@ def main(argv=None) -> int:
         print(f"reproduce_iwae.py: error: {err}", file=sys.stderr)
         return 2
     if status == 0 and args.json:
-        Path(args.json).write_text((Path(args.out) / args.cell / "result.json").read_text())
+        Path(args.json).write_text((cell_folder(args) / "result.json").read_text())
     return status
 
 

@@ -2,6 +2,7 @@
 
 from ppl_vae.registry import LIKELIHOODS, MODELS, PRIORS
 
+from .data_init import init_output_bias
 from .hierarchical import HierarchicalVAE
 from .likelihoods import make_likelihood
 from .linear_gaussian import LinearGaussian
@@ -19,5 +20,6 @@ __all__ = [
     "LinearGaussian",
     "NormalPrior",
     "VampPrior",
+    "init_output_bias",
     "make_likelihood",
 ]

@@ -26,6 +26,7 @@ from torch import nn
 from ppl_vae import hooks
 from ppl_vae.nn import MLP, GaussianHead
 
+from .data_init import init_output_bias
 from .likelihoods import make_likelihood
 from .priors import NormalPrior, VampPrior
 
@@ -75,6 +76,10 @@ class HierarchicalVAE(nn.Module):
     def attach_guide(self, guide) -> None:
         """A VampPrior reads the guide's top layer at its pseudo-inputs (``guide.posterior``)."""
         hooks.attach_guide(self.prior, guide)
+
+    def init_from_data(self, x_train: torch.Tensor) -> str:
+        """The decoder's output bias from the data (:func:`~ppl_vae.models.data_init.init_output_bias`), at z1 = 0."""
+        return init_output_bias(self.decoder, x_train, self.z_dims[0], self.likelihood)
 
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("model", self)

@@ -1,7 +1,9 @@
 """Observation distributions p(x | z) chosen by name, built from a decoder's output.
 
-Each likelihood says how many decoder outputs it needs per data dimension and
-builds a distribution with event shape ``(x_dim,)`` from them.
+Each likelihood says how many decoder outputs it needs per data dimension, builds a
+distribution with event shape ``(x_dim,)`` from them, and inverts its mean
+(``output_for_mean``: the decoder output whose distribution has a given mean), which the
+data-informed initialisation of :mod:`ppl_vae.models.data_init` uses.
 """
 
 from __future__ import annotations
@@ -11,6 +13,15 @@ import torch
 from torch import nn
 
 from ppl_vae.nn import bounded_scale
+
+MEAN_CLIP = 1e-3  # a pixel that is 0 (or 1) in every training image starts at log-odds -6.9 (+6.9), not -inf
+# the continuous Bernoulli's logits are searched in [-15, 15]: its mean there is 0.067 and 0.933, and it
+# approaches 0 and 1 only as 1/logit (float32 clamps its probabilities beyond |logit| ~ 16)
+LOGIT_RANGE = 15.0
+
+
+def clip_mean(mean: torch.Tensor) -> torch.Tensor:
+    return mean.clamp(MEAN_CLIP, 1 - MEAN_CLIP)
 
 
 class Bernoulli(nn.Module):
@@ -23,6 +34,10 @@ class Bernoulli(nn.Module):
 
     def forward(self, out: torch.Tensor):
         return dist.Bernoulli(logits=out).to_event(1)
+
+    def output_for_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        """The log-odds ``log(m / (1 - m))``, with m clipped to [MEAN_CLIP, 1 - MEAN_CLIP]."""
+        return torch.logit(clip_mean(mean))
 
 
 class Gaussian(nn.Module):
@@ -38,6 +53,10 @@ class Gaussian(nn.Module):
     def forward(self, out: torch.Tensor):
         return dist.Normal(out, bounded_scale(self.raw_scale)).to_event(1)
 
+    def output_for_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        """The mean itself: the decoder's output is the Normal's location."""
+        return mean.clone()
+
 
 class ContinuousBernoulli(nn.Module):
     """Continuous Bernoulli for intensities in [0, 1] (Loaiza-Ganem & Cunningham 2019)."""
@@ -49,6 +68,17 @@ class ContinuousBernoulli(nn.Module):
 
     def forward(self, out: torch.Tensor):
         return dist.ContinuousBernoulli(logits=out).to_event(1)
+
+    def output_for_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        """The logit whose continuous Bernoulli has mean m, found by bisection (its mean is not
+        sigmoid(logit) but increases with it); a mean beyond those at ±LOGIT_RANGE gets that bound."""
+        target = clip_mean(mean).double()
+        low, high = torch.full_like(target, -LOGIT_RANGE), torch.full_like(target, LOGIT_RANGE)
+        for _ in range(60):  # halves a 2 * LOGIT_RANGE interval to ~1e-16
+            mid = (low + high) / 2
+            below = dist.ContinuousBernoulli(logits=mid).mean < target
+            low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+        return ((low + high) / 2).to(mean.dtype)
 
 
 def make_likelihood(name: str, x_dim: int) -> nn.Module:

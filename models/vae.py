@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from ppl_vae import hooks
-from ppl_vae.nn import make_decoder
+from ppl_vae.nn import ConvDecoder, make_decoder
 from ppl_vae.registry import PRIORS
 
+from .data_init import init_output_bias
 from .likelihoods import make_likelihood
 from .priors import ACNPrior
 
@@ -72,6 +73,12 @@ class VAE(nn.Module):
     def refresh(self, x_train: torch.Tensor) -> None:
         """Per-epoch refresh of data-dependent state (the ACN code bank); the trainer calls it."""
         hooks.refresh(self.prior, x_train)
+
+    def init_from_data(self, x_train: torch.Tensor) -> str:
+        """The decoder's output bias from the data (:func:`~ppl_vae.models.data_init.init_output_bias`)."""
+        if isinstance(self.decoder, ConvDecoder):
+            return "not applied: the conv decoder's last layer has one bias per channel, not one per pixel"
+        return init_output_bias(self.decoder, x_train, self.z_dim, self.likelihood)
 
     def forward(self, x: torch.Tensor) -> None:
         pyro.module("model", self)

@@ -42,6 +42,7 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     _add_network_options(p)
     _add_budget_options(p, default_out)
     _add_training_options(p)
+    _add_start_options(p)
     _add_speed_options(p)
     _add_common(p)
 
@@ -188,13 +189,6 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--eval-every 0), and score the best epoch; best.pt always holds the best epoch (default: 0, never stop early)",
     )
     p.add_argument(
-        "--model-from",
-        default=None,
-        metavar="RUN",
-        help="start the model's own parameters (decoder and prior) from RUN's checkpoint and keep them fixed: only the "
-        "guide trains, so several guides are scored on one shared decoder (the same --model, --z-dim and --hidden)",
-    )
-    p.add_argument(
         "--time-limit",
         type=float,
         default=0,
@@ -206,6 +200,23 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--tensorboard",
         action="store_true",
         help="also write the per-epoch metrics to OUT/tensorboard for TensorBoard (needs: pip install tensorboard)",
+    )
+
+
+def _add_start_options(p: argparse.ArgumentParser) -> None:
+    """Where training starts: the decoder's output bias from the data, or the model of another run."""
+    p.add_argument(
+        "--no-data-init",
+        action="store_true",
+        help="leave the decoder's output bias at PyTorch's default initialisation (default: the package's models start "
+        "it so that p(x|z=0) has the training data's per-pixel mean; a model of yours, if it defines init_from_data)",
+    )
+    p.add_argument(
+        "--model-from",
+        default=None,
+        metavar="RUN",
+        help="start the model's own parameters (decoder and prior) from RUN's checkpoint and keep them fixed: only the "
+        "guide trains, so several guides are scored on one shared decoder (the same --model, --z-dim and --hidden)",
     )
 
 

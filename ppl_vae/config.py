@@ -44,7 +44,9 @@ class TrainConfig:
     products in TF32 on CUDA while training (validation and test log p(x) stay in full float32).
     ``model_from``: a checkpoint (or run folder) whose model parameters (the decoder and prior,
     not the guide's) this run starts from and holds fixed, so only the guide trains: several guides
-    scored on one shared decoder. ``label``: the progress bar's name for the run. ``meta``: the run's data, model and guide spec
+    scored on one shared decoder. ``data_init``: before the first step of a new run, let a model
+    that defines ``init_from_data`` (the package's models: the decoder's output bias at the data's
+    per-pixel mean) set parameters from the training data; resume never re-initialises. ``label``: the progress bar's name for the run. ``meta``: the run's data, model and guide spec
     (what the command line records).
     """
 
@@ -70,6 +72,7 @@ class TrainConfig:
     lr_stages: list | None = None
     time_limit: float = _run(0.0)
     tf32: bool = _run(False)
+    data_init: bool = _run(True)
     model_from: str | None = None
     label: str = _run("train")
     meta: dict[str, Any] = field(default_factory=dict)

@@ -74,6 +74,7 @@ def train_and_report(
         best=best_summary(history, trainer.monitor, config.out),
         stopped_early=trainer.stopped_early is not None,
         scored_epoch=scored_epoch or trainer.epoch,
+        data_init=trainer.data_init,
     )
     result.update(provenance(trainer.device, command))
     if out is not None:

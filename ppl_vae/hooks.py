@@ -30,6 +30,17 @@ class RefreshedFromData(Protocol):
 
 
 @runtime_checkable
+class InitialisedFromData(Protocol):
+    """A model that sets some parameters from the training data before the first step of a new run
+    (the package's models: the decoder's output bias, see :mod:`ppl_vae.models.data_init`); the
+    trainer calls ``init_from_data(x_train)`` (under ``torch.no_grad``; intensities when the data are
+    binarised each epoch) unless ``TrainConfig.data_init`` is off, never on resume, and records the
+    line it returns."""
+
+    def init_from_data(self, x_train: torch.Tensor) -> str: ...
+
+
+@runtime_checkable
 class HasPosterior(Protocol):
     """A guide that returns q(z | x) as a distribution for a batch of inputs (what the VampPrior and
     ACN prior evaluate at pseudo-inputs or training points)."""

@@ -166,6 +166,7 @@ def spec_and_config(args, objective: str):
         tensorboard=args.tensorboard,
         time_limit=60 * args.time_limit,
         tf32=args.tf32,
+        data_init=not args.no_data_init,
         model_from=args.model_from,
     )
     return spec, config

@@ -31,7 +31,7 @@ from .param_store import ParamStoreNote
 from .pixels import as_data_tensor
 from .run_folder import BEST_NAME, CHECKPOINT_NAME
 from .scoring import validation
-from .train_setup import check_training_pair, choose_step
+from .train_setup import check_training_pair, choose_step, initialise_from_data
 from .train_state import kept_checkpoint, resume_training, save_training
 
 __all__ = ["NAN_CHECKS", "NAN_POLICIES", "Interrupted", "ParamStoreNote", "TrainConfig", "Trainer", "TrainingError", "stage_lr"]
@@ -81,6 +81,7 @@ class Trainer:
         self.monitor = monitored(config.eval_every)
         self.stopped_early: int | None = None  # the best epoch, when early stopping ended training
         self.best_params: dict[str, torch.Tensor] | None = None  # the best epoch's parameters (this process)
+        self.data_init: str | None = None  # what the data-informed initialisation did (hooks.InitialisedFromData)
         param_store.fresh()
 
     @property
@@ -164,6 +165,7 @@ class Trainer:
         terms = check_training_pair(self, batches, val_x, dynamic)
         first = batches.x[:2]
         self._capture_params(torch.bernoulli(first) if dynamic else first)
+        self.data_init = initialise_from_data(self, train_x, resume)
         width = sample_width(self.model, self.guide, terms)
         check_training_memory(list(self.params.values()), cfg.batch_size, num_particles(self.objective), width, self.device)
         # every rank starts from rank 0's parameters and buffers, as DDP's constructor makes them
@@ -235,8 +237,7 @@ class Trainer:
         self.epoch_skipped = self.guard.skipped
 
     def _step_or_refused(self, xb: torch.Tensor) -> torch.Tensor | None:
-        """The step's loss, or None when Pyro's validation refused NaN distribution parameters
-        (the eager step; the guard then treats the batch as non-finite)."""
+        """The step's loss, or None where Pyro's validation refused NaN parameters (the guard skips it)."""
         try:
             return self.step_fn(xb)
         except ValueError as err:

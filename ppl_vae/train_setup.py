@@ -11,7 +11,7 @@ from .checks import check_pair_on_data
 from .data import DeviceBatches
 from .epoch_log import monitored
 from .faults import NanGuard
-from .hooks import refresh
+from .hooks import InitialisedFromData, refresh
 from .objectives import accepts_point_masses, num_particles
 from .pixels import check_data
 from .step import make_step
@@ -41,6 +41,22 @@ def check_training_pair(trainer, batches: DeviceBatches, val_x, dynamic: bool):
         )
     trainer.monitor = monitored(trainer.config.eval_every, density=not point_masses)
     return terms
+
+
+def initialise_from_data(trainer, train_x: torch.Tensor, resume: bool) -> str | None:
+    """A new run's data-informed initialisation (:class:`~ppl_vae.hooks.InitialisedFromData`), the
+    line that says what it did (a resumed run keeps its checkpoint's line, read there)."""
+    cfg = trainer.config
+    if resume:
+        return None
+    if not cfg.data_init:
+        return "off (data_init=False, --no-data-init)"
+    if cfg.model_from:  # the decoder comes from that run and stays fixed
+        return f"not applied: the model's parameters come from {cfg.model_from}"
+    if not isinstance(trainer.model, InitialisedFromData):
+        return "not applied: the model defines no init_from_data (see ppl_vae.models.init_output_bias)"
+    with torch.no_grad():
+        return trainer.model.init_from_data(train_x.to(trainer.device))
 
 
 def choose_step(trainer, batches: DeviceBatches, dynamic: bool) -> None:

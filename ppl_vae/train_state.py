@@ -57,6 +57,7 @@ def save_training(trainer, path: str | os.PathLike) -> Path | None:
             "epoch_skipped": trainer.epoch_skipped,
             "rng": rngs[0],
             "history": trainer.history,
+            "data_init": trainer.data_init,
             **extra,
         },
         path,
@@ -99,6 +100,7 @@ def resume_training(trainer, path: str | os.PathLike) -> None:
     trainer.batch_in_epoch, trainer.epoch_order = state["batch_in_epoch"], state["epoch_order"]
     trainer.epoch_total = state["epoch_total"].to(trainer.device)
     trainer.epoch_skipped = state["epoch_skipped"]
+    trainer.data_init = state.get("data_init", "off (a checkpoint written before data-informed initialisation)")
     set_rng_state(state["rng_ranks"][distributed.rank()] if world > 1 else state["rng"])
 
 

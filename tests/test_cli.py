@@ -42,6 +42,7 @@ def test_train_then_evaluate_writes_json_and_pictures(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert {"log_px", "log_px_se", "k", "train_loss", "val_elbo", "seconds_per_epoch", "device"} <= set(result)
     assert result["k"] == 20 and result["log_px"] >= result["test_elbo"] - 1.0
+    assert result["data_init"].startswith("Bernoulli decoder: output bias set")
     for png in ("reconstructions.png", "samples.png"):
         assert (out / png).stat().st_size > 100
     assert main(["evaluate", str(out / "checkpoint.pt"), "--k", "30", "--no-progress", "--device", "cpu"]) == 0
@@ -75,7 +76,8 @@ def test_train_then_evaluate_writes_json_and_pictures(tmp_path, capsys):
         )
         == 0
     )
-    assert len(json.loads((out / "result.json").read_text())["history"]) == 3
+    resumed = json.loads((out / "result.json").read_text())
+    assert len(resumed["history"]) == 3 and resumed["data_init"] == result["data_init"]  # kept, not done again
     assert not (out / "eval-k30").exists()  # the report of the 2-epoch model is not left beside the 3-epoch one
 
 

@@ -57,3 +57,62 @@ def test_missing_data_is_one_line_and_exit_2(script, tmp_path, capsys, folder, m
     status = script.main(["--cell", "1L-vae1", "--data-dir", str(tmp_path / folder), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("reproduce_iwae.py: error: ") and message in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def reference():
+    spec = importlib.util.spec_from_file_location("iwae_reference", SCRIPT.with_name("iwae_reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_plain_pytorch_reference_is_the_cells_network_initialisation_and_bound(script, reference, layers):
+    import torch
+
+    from ppl_vae.device import seed_everything
+    from ppl_vae.objectives import get_objective
+
+    seed_everything(0)
+    model, guide = script.build_pair(layers)
+    torch.manual_seed(0)
+    plain = reference.Reference(layers)
+    ours = list(model.parameters()) + list(guide.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(plain.model_parameters() + plain.guide_parameters(), ours, strict=True))
+    intensities = torch.rand(200, 784, generator=torch.Generator().manual_seed(1)) ** 4
+    model.init_from_data(intensities)
+    plain.init_from_data(intensities)
+    assert torch.equal(plain.decoder[-1].bias, model.decoder[-1].bias)
+    x = torch.bernoulli(intensities[:6])
+    for spec, kind in (("iwae:k=5", "iwae"), ("elbo:k=5", "elbo")):
+        objective = get_objective(spec)
+        objective.differentiable_loss(model, guide, x)  # a first call may run the pair once to read its plates
+        torch.manual_seed(3)
+        ours = objective.differentiable_loss(model, guide, x)
+        torch.manual_seed(3)
+        theirs = -reference.bound(plain.log_weights(x, 5), kind).sum()
+        torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-3)  # the same draws give the same loss
+
+
+def test_a_reference_run_in_pieces_ends_as_a_whole_one_and_sits_beside_its_cell(script, tmp_path, capsys):
+    common = ["--cell", "1L-iwae5", "--dataset", "mnist5k", "--train-n", "400", "--test-k", "20", "--test-n", "30",
+              "--no-progress", "--device", "cpu", "--compile", "off"]  # fmt: skip
+    assert script.main([*common, "--passes", "2", "--reference", "--out", str(tmp_path / "whole")]) == 0
+    for passes in ("1", "2"):  # the second command continues the first's checkpoint
+        assert script.main([*common, "--passes", passes, "--reference", "--out", str(tmp_path / "cut")]) == 0
+    read = lambda out: json.loads((out / "reference" / "1L-iwae5" / "result.json").read_text())  # noqa: E731
+    whole, cut = read(tmp_path / "whole"), read(tmp_path / "cut")
+    assert cut["nll"] == whole["nll"] and cut["passes"] == 2 and cut["trained_by"] == "reference"
+    assert cut["data_init"].startswith("decoder's output bias")
+    assert script.main([*common, "--passes", "2", "--out", str(tmp_path / "cut")]) == 0  # the ppl_vae cell beside it
+    capsys.readouterr()
+    assert script.main(["--table", "--out", str(tmp_path / "cut")]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1L-iwae5")][0].split(" | ")
+    ours, plain, diff = (float(row[i].split(" ± ")[0]) for i in (3, 5, 6))
+    assert diff == pytest.approx(ours - plain, abs=0.011) and " ± " in row[6] and row[10] == "data"
+    # the other initialisation in a folder trained with it is refused; the reference has no DReG cell
+    assert script.main([*common, "--passes", "2", "--no-data-init", "--out", str(tmp_path / "cut")]) == 2
+    assert "with the data-informed initialisation and the command asks without it" in capsys.readouterr().err
+    assert script.main(["--cell", "2L-dreg50", "--dataset", "mnist5k", "--reference", "--out", str(tmp_path / "d")]) == 2
+    assert "--reference is written for the paper's cells" in capsys.readouterr().err

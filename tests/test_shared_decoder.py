@@ -27,6 +27,7 @@ def test_the_model_is_taken_from_the_run_and_held_fixed_while_the_guide_trains(d
     model = [n for n in first if n.startswith("model$$$")]
     assert model and all(torch.equal(saved["params"][n], first[n]) for n in model)
     assert saved["config"]["model_from"] == str(decoder_run)
+    assert saved["data_init"].startswith("not applied: the model's parameters come from")  # not re-initialised
     guide = [n for n in saved["params"] if n.startswith("guide$$$")]
     assert guide
     # resume and evaluate read the fixed parameters back with the rest
