@@ -8,6 +8,7 @@ import pyro.infer
 from .elbo import STL
 from .importance import IWAE, DReG, RenyiBound
 from .pyro_elbos import AnalyticKLELBO, JitTraceELBO, pyro_elbo_options
+from .score_function import RWS, VIMCO, TraceGraphELBO
 
 
 def elbo(k: int = 1, max_plate_nesting=None):
@@ -42,3 +43,22 @@ def jit_elbo(k: int = 1, max_plate_nesting=None):
 
 def jit_meanfield(k: int = 1, max_plate_nesting=None):
     return AnalyticKLELBO(k, max_plate_nesting, jit=True)
+
+
+def enum(k: int = 1, max_plate_nesting=None):
+    """Pyro's ``TraceEnum_ELBO``: sites marked ``infer={"enumerate": "parallel"}`` (or by
+    ``pyro.infer.config_enumerate``) are summed exactly, the rest sampled."""
+    return pyro.infer.TraceEnum_ELBO(**pyro_elbo_options(k, max_plate_nesting))
+
+
+def tracegraph(k: int = 1, max_plate_nesting=None):
+    """Pyro's ``TraceGraph_ELBO`` (Rao-Blackwellised score function) with decaying-average baselines."""
+    return TraceGraphELBO(k, max_plate_nesting)
+
+
+def vimco(k: int = 5, max_plate_nesting=None):
+    return VIMCO(k, max_plate_nesting)
+
+
+def rws(k: int = 5, insomnia: float = 1.0, max_plate_nesting=None):
+    return RWS(k, max_plate_nesting, insomnia)

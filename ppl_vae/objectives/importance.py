@@ -94,7 +94,8 @@ class PerPointObjective:
         if self.requires_reparam and not terms.reparameterized:
             raise ValueError(
                 f"{type(self).__name__} needs a reparameterisable guide (every guide site with "
-                "rsample); use 'elbo' for guides with discrete or non-reparameterised sites"
+                "rsample); for guides with discrete or non-reparameterised sites use vimco:k=K or rws:k=K (multi-sample "
+                "bounds), tracegraph or elbo (score functions), or enum (sites marked for enumeration summed out)"
             )
         return terms
 
