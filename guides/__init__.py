@@ -7,5 +7,15 @@ from .flows import FLOWS, FlowGuide
 from .full_cov import FullCovGuide
 from .hierarchical import HierarchicalGuide
 from .mean_field import MeanFieldGuide
+from .sbn import SBNGuide
 
-__all__ = ["FLOWS", "GUIDES", "DeterministicGuide", "FlowGuide", "FullCovGuide", "HierarchicalGuide", "MeanFieldGuide"]
+__all__ = [
+    "FLOWS",
+    "GUIDES",
+    "DeterministicGuide",
+    "FlowGuide",
+    "FullCovGuide",
+    "HierarchicalGuide",
+    "MeanFieldGuide",
+    "SBNGuide",
+]

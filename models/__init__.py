@@ -7,6 +7,7 @@ from .hierarchical import HierarchicalVAE
 from .likelihoods import make_likelihood
 from .linear_gaussian import LinearGaussian
 from .priors import ACNPrior, FlowPrior, NormalPrior, VampPrior
+from .sbn import SigmoidBeliefNet
 from .vae import VAE
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "HierarchicalVAE",
     "LinearGaussian",
     "NormalPrior",
+    "SigmoidBeliefNet",
     "VampPrior",
     "init_output_bias",
     "make_likelihood",

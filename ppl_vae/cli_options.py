@@ -118,7 +118,7 @@ def _add_network_options(p: argparse.ArgumentParser) -> None:
         "--z-dims",
         type=_int_list,
         default=None,
-        help="stochastic layer sizes of the hierarchical model from the data upward (default: 100,50 as Burda et al. 2016)",
+        help="layer sizes from the data upward: hierarchical (default: 100,50, Burda et al.), sbn (default: 200,200,200)",
     )
     p.add_argument("--likelihood", default=None, choices=sorted(LIKELIHOODS), help="p(x|z) of the vae model (default: bernoulli)")
     p.add_argument("--z-dim", type=int, default=None, help="latent dimension of the vae and linear_gaussian models (default: 10)")

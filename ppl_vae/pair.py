@@ -33,6 +33,8 @@ def check_pair_names(model: str | None, guide: str | None) -> None:
         elif name not in known:
             raise ValueError(f"{known.unknown(name)}, or your own as path/to/file.py:name")
     built_in = model is not None and guide is not None and not is_file_ref(model) and not is_file_ref(guide)
+    if built_in and (model == "sbn") != (guide == "sbn"):
+        raise ValueError(f"guide '{guide}' does not fit model '{model}': the sbn model and the sbn guide go together")
     if built_in and (model == "hierarchical") != guide.startswith("hierarchical"):
         fits = "hierarchical or hierarchical_iaf" if model == "hierarchical" else "a one-layer guide (mean_field, iaf, ...)"
         raise ValueError(f"guide '{guide}' does not fit model '{model}': give {fits}")

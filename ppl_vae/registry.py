@@ -85,6 +85,7 @@ MODELS = Registry(
         "vae": "ppl_vae.models.vae:VAE",
         "hierarchical": "ppl_vae.models.hierarchical:HierarchicalVAE",
         "linear_gaussian": "ppl_vae.models.linear_gaussian:LinearGaussian",
+        "sbn": "ppl_vae.models.sbn:SigmoidBeliefNet",
     },
 )
 _FLOW_GUIDE = "ppl_vae.guides.flows:FlowGuide"
@@ -100,6 +101,7 @@ GUIDES = Registry(
         "radial": (_FLOW_GUIDE, {"flow": "radial"}),
         "householder": (_FLOW_GUIDE, {"flow": "householder"}),
         "hierarchical_iaf": ("ppl_vae.guides.hierarchical:HierarchicalGuide", {"flow": "iaf"}),
+        "sbn": "ppl_vae.guides.sbn:SBNGuide",
     },
 )
 PRIORS = Registry(

@@ -15,6 +15,7 @@ MODEL_OPTIONS = {
     "vae": ("z_dim", "hidden", "prior", "likelihood", "network"),
     "hierarchical": ("z_dims", "hidden", "prior", "likelihood"),
     "linear_gaussian": ("z_dim", "hidden"),
+    "sbn": ("z_dims",),
 }
 GUIDE_OPTIONS = ("z_dim", "hidden", "network")  # a built-in one-layer guide beside a user's own model
 DEFAULTS = {"z_dim": 10, "hidden": [400], "prior": "normal", "likelihood": "bernoulli", "network": "mlp", "z_dims": None}
@@ -56,6 +57,9 @@ def model_options(args) -> dict:
         own["guide"] = resolve_ref(args.guide) if is_file_ref(args.guide) else args.guide
         guide_kwargs = {} if is_file_ref(args.guide) else {"z_dim": _given(args, "z_dim"), "hidden": hidden}
         return {**own, "model_kwargs": {}, "guide_kwargs": guide_kwargs}
+    if args.model == "sbn":
+        layers = {} if args.z_dims is None else {"z_dims": args.z_dims}
+        return {"guide": args.guide or "sbn", "model_kwargs": dict(layers), "guide_kwargs": dict(layers)}
     if args.model == "hierarchical":
         z_dims = args.z_dims
         layers = {} if z_dims is None else {"z_dims": z_dims, "hidden": [hidden] * len(z_dims)}
