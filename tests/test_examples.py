@@ -63,12 +63,19 @@ BENCH_TINY = {
 }
 
 
+# modules the scripts import, run through them: iwae_reference.py by reproduce_iwae.py --reference
+# (tests/test_reproduce_iwae.py)
+BENCH_MODULES = {"iwae_reference.py"}
+
+
 def test_every_benchmark_is_smoke_tested():
-    assert sorted(p.name for p in BENCHMARKS.glob("*.py")) == sorted(BENCH_TINY)
+    assert sorted(p.name for p in BENCHMARKS.glob("*.py")) == sorted({*BENCH_TINY, *BENCH_MODULES})
 
 
-# two torchrun launches (about 40 s): in the slow tier; the default tier runs torchrun in test_distributed
-SLOW_BENCH = {"distributed_speed.py"}
+# two torchrun launches (about 40 s), and the two timing scripts (about 30 s each, timing rounds and
+# a compile): in the slow tier; the default tier runs torchrun in test_distributed, and the package
+# code they time in test_step and test_log_px
+SLOW_BENCH = {"distributed_speed.py", "train_speed.py", "log_px_speed.py"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_BENCH else n for n in sorted(BENCH_TINY)])
