@@ -35,7 +35,10 @@ def _config(tmp_path=None, **kw):
 def test_training_improves_the_validation_elbo(digits):
     train_x, val_x = digits
     model, guide = _pair()
-    history = Trainer(model, guide, _config(epochs=8, eval_every=4, eval_k=20)).fit(train_x, val_x, dynamic=True)
+    # from PyTorch's initialisation: the data-informed start is already at the pixel marginals, which
+    # these 48 steps on 300 digits improve by only ~0.5 nats (tests/test_data_init.py tests that start)
+    config = _config(epochs=8, eval_every=4, eval_k=20, data_init=False)
+    history = Trainer(model, guide, config).fit(train_x, val_x, dynamic=True)
     assert history[-1]["val_elbo"] > history[0]["val_elbo"] + 2
     assert history[-1]["val_log_px"] >= history[-1]["val_elbo"] - 0.5  # log p(x) bound above the ELBO
     assert "val_log_px" in history[3] and "val_log_px" not in history[2]
