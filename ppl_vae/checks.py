@@ -85,36 +85,23 @@ def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data
 
 
 def _run_checked(model, guide, first: torch.Tensor, shape, what: str, particles: bool) -> SiteTerms:
-    """The one-sample run (and the two-sample one), each failure named."""
+    """The one-sample run (and the two-sample one), each failure named. A pair that does not broadcast
+    over a leading sample dimension is found here and runs its particles one at a time from then on
+    (:func:`ppl_vae.sites.site_terms`)."""
     with pyro.validation_enabled(False):  # the support is checked after, on every point, with a clearer message
         try:
             terms = site_terms(model, guide, first, num_particles=1)
+            if particles:
+                site_terms(model, guide, first, num_particles=2)  # what IWAE and log p(x) need
         except ContractError:
             raise
         except Exception as err:
             _run_pieces(model, guide, first, what, tuple(shape))  # names the function that fails on its own
-            # each runs alone, but not under the sample dimension every estimate here puts in front
-            raise _not_broadcasting(
-                err, what, "one sample at a time (as Pyro's Trace_ELBO runs them) but not with a sample dimension"
+            raise ValueError(
+                f"the model and guide each run on {what}, but not together (the guide's samples replayed in the model): "
+                f"{_first_line(err)}{_where(err)}"
             ) from None
-        if particles:
-            _check_broadcasting(model, guide, first, what)
     return terms
-
-
-def _check_broadcasting(model, guide, x: torch.Tensor, what: str) -> None:
-    try:
-        site_terms(model, guide, x, num_particles=2)
-    except Exception as err:
-        raise _not_broadcasting(err, what, "one sample at a time but not with two importance samples at once") from None
-
-
-def _not_broadcasting(err: BaseException, what: str, how: str) -> ValueError:
-    return ValueError(
-        f"the model and guide run on {what} {how}: {_first_line(err)}{_where(err)}. The objectives and log p(x) draw "
-        "samples as one more leading dimension, so networks must broadcast over leading dimensions: nn.Linear does; "
-        "to concatenate inputs expand them first, e.g. torch.cat([z, x.expand(z.shape[:-1] + x.shape[-1:])], -1)"
-    )
 
 
 def _check_observed(terms: SiteTerms, x: torch.Tensor, what: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .sites import guess_max_plate_nesting, site_terms
+from .sites import found_one_at_a_time, guess_max_plate_nesting, site_terms
 
 
 def _batches(x: torch.Tensor, batch_size: int):
@@ -56,7 +56,12 @@ def posterior_moments(model, guide, x: torch.Tensor, k: int = 50, batch_size: in
     before it), else from ``k`` samples."""
     mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
     out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    one_at_a_time = found_one_at_a_time(model, guide, x)
     for xb in _batches(x, batch_size):
+        if one_at_a_time:
+            for name, moments in _moments_one_at_a_time(model, guide, xb, k, mpn).items():
+                out.setdefault(name, []).append(moments)
+            continue
         t = site_terms(model, guide, xb, num_particles=k, max_plate_nesting=mpn)
         for name in t.latent:
             site = t.guide_trace.nodes[name]
@@ -72,6 +77,31 @@ def posterior_moments(model, guide, x: torch.Tensor, k: int = 50, batch_size: in
             mean, sd = (v.movedim(d_axis, 0).reshape(xb.shape[0], -1) for v in (mean, sd))
             out.setdefault(name, []).append((mean, sd))
     return {name: (torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])) for name, parts in out.items()}
+
+
+def _moments_one_at_a_time(model, guide, xb: torch.Tensor, k: int, mpn: int) -> dict[str, tuple]:
+    """:func:`posterior_moments` for a pair whose particles run one at a time: each of ``k`` draws
+    gives every site's conditional mean and variance (a sample and 0 without closed forms), and
+    Var = E Var(.|draws) + Var E(.|draws)."""
+    means: dict[str, list[torch.Tensor]] = {}
+    variances: dict[str, list[torch.Tensor]] = {}
+    for _ in range(k):
+        t = site_terms(model, guide, xb, num_particles=1, max_plate_nesting=mpn)
+        for name in t.latent:
+            site = t.guide_trace.nodes[name]
+            value, batch_dims = site["value"], site["value"].dim() - site["fn"].event_dim
+            data_axis = batch_dims + next(f.dim for f in site["cond_indep_stack"] if f.name == "data")
+            try:
+                mean, var = site["fn"].mean.expand(value.shape), site["fn"].variance.expand(value.shape)
+            except NotImplementedError:
+                mean, var = value, torch.zeros_like(value)
+            means.setdefault(name, []).append(mean.movedim(data_axis, 0).reshape(xb.shape[0], -1))
+            variances.setdefault(name, []).append(var.movedim(data_axis, 0).reshape(xb.shape[0], -1))
+    out = {}
+    for name in means:
+        m, v = torch.stack(means[name]), torch.stack(variances[name])
+        out[name] = (m.mean(0), (v.mean(0) + m.var(0, correction=0)).sqrt())
+    return out
 
 
 def posterior_means(model, guide, x: torch.Tensor, k: int = 50, batch_size: int = 500) -> dict[str, torch.Tensor]:

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sites import site_terms
+from .sites import found_one_at_a_time, site_terms
 
 
 def _samples_and_weights(model, guide, x: torch.Tensor, k: int, chunk_k: int):
     """K draws of every latent site per point, the sites' dimensions side by side ``(K, N, d)``, their
     log-weights ``(K, N)`` and the sites' names."""
     zs, lws, names = [], [], None
-    done = 0
+    done, one_at_a_time = 0, found_one_at_a_time(model, guide, x)
     while done < k:
-        kc = min(chunk_k, k - done)
+        kc = 1 if one_at_a_time else min(chunk_k, k - done)  # one draw's trace at a time
         t = site_terms(model, guide, x, num_particles=kc)
         names = t.latent
         zs.append(torch.cat([t.guide_trace.nodes[name]["value"].reshape(kc, x.shape[0], -1) for name in names], -1))

@@ -20,6 +20,8 @@ wrong under subsampling (see DESIGN.md).
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import pyro
@@ -42,7 +44,8 @@ class SiteTerms:
     ``model_terms`` holds every model sample site (observed and latent) and
     ``guide_terms`` every guide sample site; ``observed`` names the observed model
     sites. ``data_scale`` is the data plate's subsample scale N / B (1 without
-    subsampling). ``reparameterized`` is False if any guide site is not.
+    subsampling). ``reparameterized`` is False if any guide site is not; ``not_reparameterized``
+    names those sites.
     """
 
     model_terms: dict[str, torch.Tensor]
@@ -58,6 +61,7 @@ class SiteTerms:
     guide_fn: object = field(repr=False, default=None)
     args: tuple = field(repr=False, default=())
     kwargs: dict = field(repr=False, default_factory=dict)
+    not_reparameterized: list[str] = field(default_factory=list)  # guide sites drawn without rsample
 
     @property
     def latent(self) -> list[str]:
@@ -104,7 +108,9 @@ class SiteTerms:
         for name, site in list(detached.nodes.items()):
             if site["type"] == "sample":
                 detached.nodes[name] = {**site, "value": site["value"].detach()}
-        fn = vectorized(self.guide_fn if guide else self.model_fn, self.num_particles, self.particle_dim)
+        fn = self.guide_fn if guide else self.model_fn
+        if not runs_one_at_a_time(self.model_fn, self.guide_fn):
+            fn = vectorized(fn, self.num_particles, self.particle_dim)
         return poutine.trace(poutine.replay(fn, trace=detached)).get_trace(*self.args, **self.kwargs)
 
 
@@ -204,28 +210,122 @@ def vectorized(fn, num_particles: int, dim: int):
     return wrapped
 
 
+class SequentialParticles(UserWarning):
+    """A pair that does not broadcast over a leading sample dimension: its particles run one at a time."""
+
+
+_ONE_AT_A_TIME: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _owner(fn):
+    return getattr(fn, "__self__", fn)  # a bound method's instance: ``obj.model`` is a new object each time
+
+
+def runs_one_at_a_time(model, guide) -> bool:
+    """Whether this pair was found not to broadcast over a leading sample dimension."""
+    try:
+        return any(_owner(fn) in _ONE_AT_A_TIME for fn in (model, guide))
+    except TypeError:  # not weakly referenceable: never marked
+        return False
+
+
+def found_one_at_a_time(model, guide, x) -> bool:
+    """:func:`runs_one_at_a_time`, after a two-particle trial on the first point if the pair is new."""
+    if not runs_one_at_a_time(model, guide):
+        site_terms(model, guide, x[:1], num_particles=2)
+    return runs_one_at_a_time(model, guide)
+
+
+def _mark_one_at_a_time(model, guide, err: BaseException) -> None:
+    for fn in (model, guide):
+        try:
+            _ONE_AT_A_TIME[_owner(fn)] = True
+        except TypeError:
+            pass
+    warnings.warn(
+        f"the model and guide do not broadcast over a leading sample dimension ({type(err).__name__}: "
+        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); their particles run one at a time, as "
+        "Pyro's Trace_ELBO runs them: the same answers, slower. Make the networks broadcast (expand inputs before "
+        "torch.cat) to vectorise them",
+        SequentialParticles,
+        stacklevel=3,
+    )
+
+
+class _PerParticleTraces:
+    """Stands for the traces of K particles drawn one at a time: there is no single trace of them."""
+
+    def __getattr__(self, name):
+        raise ContractError(
+            "this needs the traces of all particles at once, and the model and guide run their particles one at a "
+            "time (they do not broadcast over a leading sample dimension): use one particle (k=1), or make the "
+            "networks broadcast (expand inputs before torch.cat)"
+        )
+
+    def copy(self):
+        return self.__getattr__("copy")
+
+
 def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None, **kwargs) -> SiteTerms:
     """Run ``guide`` with ``num_particles`` vectorised particles, replay ``model``, and
     return every sample site's log-density per particle and data point.
 
+    A pair whose networks do not broadcast over the particle dimension (they raise under it
+    and run without it) runs its particles one at a time instead, with the same answers; it is
+    said once (:class:`SequentialParticles`) and remembered for the pair.
     Sites outside ``pyro.plate("data")`` raise :class:`ContractError`; plates nested in
     the data plate (pixels, time steps) are summed over.
     """
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     particle_dim = -max_plate_nesting - 1
-    guide_trace = poutine.trace(vectorized(guide, num_particles, particle_dim)).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(vectorized(model, num_particles, particle_dim), trace=guide_trace)).get_trace(
-        *args, **kwargs
+    if runs_one_at_a_time(model, guide):
+        return _one_at_a_time(model, guide, args, kwargs, num_particles, particle_dim)
+    try:
+        return _terms(model, guide, args, kwargs, num_particles, particle_dim, vectorise=True)
+    except ContractError:
+        raise
+    except Exception as err:
+        terms = _one_at_a_time(model, guide, args, kwargs, num_particles, particle_dim)  # its own error if it fails too
+        _mark_one_at_a_time(model, guide, err)
+        return terms
+
+
+def _one_at_a_time(model, guide, args, kwargs, num_particles: int, particle_dim: int) -> SiteTerms:
+    """``num_particles`` draws without a particle plate, their ``(1, B)`` terms stacked to ``(K, B)``."""
+    parts = [_terms(model, guide, args, kwargs, 1, particle_dim, vectorise=False) for _ in range(num_particles)]
+    if num_particles == 1:
+        return parts[0]
+    first = parts[0]
+    return SiteTerms(
+        model_terms={n: torch.cat([p.model_terms[n] for p in parts]) for n in first.model_terms},
+        guide_terms={n: torch.cat([p.guide_terms[n] for p in parts]) for n in first.guide_terms},
+        observed=first.observed,
+        data_scale=first.data_scale,
+        reparameterized=all(p.reparameterized for p in parts),
+        num_particles=num_particles,
+        particle_dim=particle_dim,
+        model_fn=model,
+        guide_fn=guide,
+        args=args,
+        kwargs=kwargs,
+        guide_trace=_PerParticleTraces(),
+        model_trace=_PerParticleTraces(),
+        not_reparameterized=first.not_reparameterized,
     )
+
+
+def _terms(model, guide, args, kwargs, num_particles: int, particle_dim: int, vectorise: bool) -> SiteTerms:
+    run_guide, run_model = (vectorized(fn, num_particles, particle_dim) if vectorise else fn for fn in (guide, model))
+    guide_trace = poutine.trace(run_guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(run_model, trace=guide_trace)).get_trace(*args, **kwargs)
     data_scale = data_subsample_scale(model_trace)
     if data_subsample_scale(guide_trace) != data_scale:
         raise ContractError("the model and guide subsample the 'data' plate differently")
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
 
-    model_terms, guide_terms, observed = {}, {}, []
-    reparameterized = True
+    model_terms, guide_terms, observed, not_reparameterized = {}, {}, [], []
     for where, trace, out in (("guide", guide_trace, guide_terms), ("model", model_trace, model_terms)):
         for name, site in trace.nodes.items():
             if site["type"] != "sample":
@@ -237,7 +337,7 @@ def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: i
                     f"model latent site '{name}' has no matching site in the guide; the guide samples {sorted(guide_terms)}"
                 )
             if where == "guide" and not getattr(site["fn"], "has_rsample", False):
-                reparameterized = False
+                not_reparameterized.append(name)
             log_p = site["fn"].log_prob(site["value"])
             out[name] = reduce_to_points(site, log_p, num_particles, particle_dim, data_scale, where)
     extra = sorted(set(guide_terms) - set(model_terms))
@@ -250,7 +350,7 @@ def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: i
         guide_terms=guide_terms,
         observed=observed,
         data_scale=data_scale,
-        reparameterized=reparameterized,
+        reparameterized=not not_reparameterized,
         num_particles=num_particles,
         particle_dim=particle_dim,
         model_fn=model,
@@ -259,4 +359,5 @@ def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: i
         kwargs=kwargs,
         guide_trace=guide_trace,
         model_trace=model_trace,
+        not_reparameterized=not_reparameterized,
     )

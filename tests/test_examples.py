@@ -18,6 +18,22 @@ TINY = {
     "compare_priors.py": [*SMALL, "--components", "5"],
     "own_model.py": ["--epochs", "1", "--n-train", "200", "--n-eval", "50", "--k", "10", "--device", "cpu"],
     "compare_aggregate.py": SMALL,
+    "pyro_style_ssvae.py": [
+        "--epochs",
+        "1",
+        "--n-train",
+        "200",
+        "--n-eval",
+        "20",
+        "--k",
+        "10",
+        "--hidden",
+        "16",
+        "--objectives",
+        "elbo,vimco:k=2",
+        "--device",
+        "cpu",
+    ],  # fmt: skip
 }
 
 

@@ -7,13 +7,13 @@ import pyro.infer
 
 from .elbo import STL
 from .importance import IWAE, DReG, RenyiBound
-from .pyro_elbos import AnalyticKLELBO, JitTraceELBO, pyro_elbo_options
+from .pyro_elbos import AnalyticKLELBO, JitTraceELBO, particles_as_needed, pyro_elbo_options
 from .score_function import RWS, VIMCO, TraceGraphELBO
 
 
 def elbo(k: int = 1, max_plate_nesting=None):
     """Pyro's ``Trace_ELBO`` with ``k`` (vectorised) particles."""
-    return pyro.infer.Trace_ELBO(**pyro_elbo_options(k, max_plate_nesting))
+    return particles_as_needed(pyro.infer.Trace_ELBO)(**pyro_elbo_options(k, max_plate_nesting))
 
 
 def meanfield(k: int = 1, max_plate_nesting=None):
@@ -48,7 +48,7 @@ def jit_meanfield(k: int = 1, max_plate_nesting=None):
 def enum(k: int = 1, max_plate_nesting=None):
     """Pyro's ``TraceEnum_ELBO``: sites marked ``infer={"enumerate": "parallel"}`` (or by
     ``pyro.infer.config_enumerate``) are summed exactly, the rest sampled."""
-    return pyro.infer.TraceEnum_ELBO(**pyro_elbo_options(k, max_plate_nesting))
+    return particles_as_needed(pyro.infer.TraceEnum_ELBO)(**pyro_elbo_options(k, max_plate_nesting))
 
 
 def tracegraph(k: int = 1, max_plate_nesting=None):

@@ -17,6 +17,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
 
+from ..sites import runs_one_at_a_time
+
 
 def analytic_sites(model, guide, *args, **kwargs) -> dict[str, bool]:
     """For each latent site, whether Pyro has a closed-form KL(guide || prior)."""
@@ -45,11 +47,35 @@ def pyro_elbo_options(num_particles: int, max_plate_nesting: int | None) -> dict
     return kw
 
 
+_AS_NEEDED: dict[type, type] = {}
+
+
+def particles_as_needed(cls: type) -> type:
+    """Pyro's ELBO class ``cls`` whose vectorised particles run one at a time for a pair found not to
+    broadcast over a leading sample dimension (:func:`ppl_vae.sites.runs_one_at_a_time`), as Pyro's
+    own ``vectorize_particles=False`` runs them."""
+    if cls not in _AS_NEEDED:
+
+        def _get_traces(self, model, guide, args, kwargs):
+            if not (self.vectorize_particles and runs_one_at_a_time(model, guide)):
+                yield from cls._get_traces(self, model, guide, args, kwargs)
+                return
+            self.vectorize_particles = False
+            try:
+                traces = list(cls._get_traces(self, model, guide, args, kwargs))
+            finally:
+                self.vectorize_particles = True
+            yield from traces
+
+        _AS_NEEDED[cls] = type(cls.__name__, (cls,), {"_get_traces": _get_traces, "__module__": cls.__module__})
+    return _AS_NEEDED[cls]
+
+
 class AnalyticKLELBO:
     """``TraceMeanField_ELBO`` that refuses, with the site named, to pretend a KL is analytic."""
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: int | None = None, jit: bool = False):
-        cls = pyro.infer.JitTraceMeanField_ELBO if jit else pyro.infer.TraceMeanField_ELBO
+        cls = pyro.infer.JitTraceMeanField_ELBO if jit else particles_as_needed(pyro.infer.TraceMeanField_ELBO)
         self.elbo = cls(**pyro_elbo_options(num_particles, max_plate_nesting))
         self.jit = jit
         self.analytic: dict[str, bool] | None = None

@@ -24,18 +24,18 @@ from pyro.poutine.util import site_is_subsample
 
 from ..sites import DATA_PLATE, SiteTerms
 from .importance import PerPointObjective, log_mean_exp
-from .pyro_elbos import pyro_elbo_options
+from .pyro_elbos import particles_as_needed, pyro_elbo_options
 
 
 def non_reparameterised(terms: SiteTerms) -> list[str]:
-    return [n for n in terms.guide_terms if not getattr(terms.guide_trace.nodes[n]["fn"], "has_rsample", False)]
+    return list(terms.not_reparameterized)
 
 
 class TraceGraphELBO:
     """``TraceGraph_ELBO`` with ``k`` particles and a decaying-average baseline (see the module)."""
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: int | None = None, baseline_beta: float = 0.9):
-        self.elbo = pyro.infer.TraceGraph_ELBO(**pyro_elbo_options(num_particles, max_plate_nesting))
+        self.elbo = particles_as_needed(pyro.infer.TraceGraph_ELBO)(**pyro_elbo_options(num_particles, max_plate_nesting))
         self.num_particles = num_particles
         self.beta = baseline_beta
         self.average: float | None = None  # the per-point ELBO's decaying average: the baseline
