@@ -60,14 +60,17 @@ def _run_pieces(model, guide, x: torch.Tensor, what: str, shape: tuple) -> None:
         ) from None
 
 
-def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data", particles: bool = True) -> SiteTerms:
+def check_pair_on_data(
+    model, guide, x: torch.Tensor, what: str = "training data", particles: bool = True, allow_global: bool = False
+) -> SiteTerms:
     """Run the pair on the first points: the contract, shapes, what the observed sites hold, the
     observed support (on every point of ``x``), and, with ``particles``, two importance samples at
-    once (what IWAE and log p(x) need). Returns the site terms of the one-sample run."""
+    once (what IWAE and log p(x) need). ``allow_global``: global latents are checked as they run,
+    not refused. Returns the site terms of the one-sample run."""
     check_data(x, what, unit_interval=False, flat=False)
     first = x[:2]
     try:
-        terms = _run_checked(model, guide, first, x.shape, what, particles)
+        terms = _run_checked(model, guide, first, x.shape, what, particles, allow_global)
     finally:
         param_store.mark_own()  # what the check registered is the pair's, not a user's own
     _check_observed(terms, first, what)
@@ -84,13 +87,13 @@ def check_pair_on_data(model, guide, x: torch.Tensor, what: str = "training data
     return terms
 
 
-def _run_checked(model, guide, first: torch.Tensor, shape, what: str, particles: bool) -> SiteTerms:
+def _run_checked(model, guide, first: torch.Tensor, shape, what: str, particles: bool, allow_global: bool) -> SiteTerms:
     """The one-sample run (and the two-sample one), each failure named. A pair that does not broadcast
     over a leading sample dimension is found here and runs its particles one at a time from then on
     (:func:`ppl_vae.sites.site_terms`)."""
     with pyro.validation_enabled(False):  # the support is checked after, on every point, with a clearer message
         try:
-            terms = site_terms(model, guide, first, num_particles=1)
+            terms = site_terms(model, guide, first, num_particles=1, allow_global=allow_global)
             if particles:
                 site_terms(model, guide, first, num_particles=2)  # what IWAE and log p(x) need
         except ContractError:

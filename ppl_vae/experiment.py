@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .data import dataset_of, train_x_of
 from .device import seed_everything
 from .epoch_log import best_summary
+from .global_latents import global_sites
 from .importance_sampling import check_scoring_time
 from .pair import build_pair, check_pair_names, restore_pair
 from .run_folder import CHECKPOINT_NAME, RESULT_NAME, evaluation_folder, provenance, write_json
@@ -51,6 +52,7 @@ def train_and_report(
     # the test split is scored after training: refuse it now, not after the last epoch
     hooks.refresh(model, train_x.to(trainer.device))
     test_x = data.eval_x("test", trainer.device)
+    _refuse_global_latents(model, guide, test_x)
     check_pair_on_data(model, guide, test_x, "test data", particles=test_k > 1)
     check_scoring_time(model, guide, test_x, test_k, force)
     history = trainer.fit(train_x, val_x, dynamic=dynamic, resume=resume)
@@ -81,6 +83,16 @@ def train_and_report(
         result["checkpoint"] = str(out / CHECKPOINT_NAME)
         write_json(result, out / RESULT_NAME)
     return result
+
+
+def _refuse_global_latents(model, guide, test_x) -> None:
+    shared = global_sites(model, guide, test_x[:2])
+    if shared:
+        raise ValueError(
+            f"the model has global latent site(s) {shared} (outside pyro.plate('data')): a run here ends by scoring "
+            "log p(x) per test point, which is not defined for them; train it from Python with Trainer (elbo, "
+            "meanfield, enum or tracegraph weight a global site B/N per minibatch; the validation ELBO is reported)"
+        )
 
 
 def _run_fields(dataset: str, device, config: TrainConfig, epochs: int) -> dict:

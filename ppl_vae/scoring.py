@@ -26,6 +26,7 @@ import torch
 
 from . import distributed, hooks
 from .evaluate import active_units, elbo_terms, posterior_means
+from .global_latents import GlobalScaled, validation_elbo
 from .importance_sampling import NoDensityError, log_px
 
 LADDER = (1, 5, 50, 500, 5000)
@@ -272,15 +273,21 @@ def score(model, guide, x: torch.Tensor, level: str = "summary", log=None, **opt
     return s.report
 
 
-def validation(model, guide, x: torch.Tensor, config, epoch: int, density: bool = True) -> dict:
+def validation(model, guide, x: torch.Tensor, config, epoch: int, monitor: str = "val_log_px", objective=None) -> dict:
     """A training epoch's validation row: ELBO, rate and distortion (distortion only for a point-mass
     guide), and log p(x) with ``config.eval_k`` samples every ``config.eval_every`` epochs and at the
-    last, drawn from its own seed (the same however many ranks share the points), in full float32."""
+    last, drawn from its own seed (the same however many ranks share the points), in full float32.
+    ``monitor``: what the trainer follows (``val_distortion``: a point-mass guide, no density).
+    A model with global latents (``objective`` a :class:`GlobalScaled`) has no per-point estimate:
+    its row is the ELBO per point, the global sites' share included."""
     from .device import tf32_matmul
+
+    if isinstance(objective, GlobalScaled):
+        return {"val_elbo": validation_elbo(model, guide, x, objective.n_points)}
 
     with tf32_matmul(False):
         terms = elbo_terms(model, guide, x)
-        if not density:  # a point mass has no density: no ELBO, no log p(x)
+        if monitor == "val_distortion":  # a point mass has no density: no ELBO, no log p(x)
             return {"val_distortion": terms.distortion}
         row = {"val_elbo": terms.elbo, "val_rate": terms.rate, "val_distortion": terms.distortion}
         every = config.eval_every

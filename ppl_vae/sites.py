@@ -20,14 +20,15 @@ wrong under subsampling (see DESIGN.md).
 
 from __future__ import annotations
 
-import warnings
-import weakref
 from dataclasses import dataclass, field
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+
+from .enumerated import carries_enumeration, enumerated_in_model, enumerating, summed_out
+from .particles import PerParticleTraces, mark_one_at_a_time, runs_one_at_a_time
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "_ppl_vae_particles"
@@ -141,14 +142,34 @@ def guess_max_plate_nesting(model, guide, args, kwargs) -> int:
     return depth
 
 
+def in_data_plate(site: dict) -> bool:
+    return any(f.name == DATA_PLATE and f.vectorized for f in site["cond_indep_stack"])
+
+
+def outside_data_plate(model_trace: poutine.Trace) -> list[str]:
+    """The model's latent sites outside the data plate: its global latents."""
+    return [
+        name
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not in_data_plate(site)
+    ]
+
+
 def _data_frame(site: dict, where: str):
     for frame in site["cond_indep_stack"]:
         if frame.name == DATA_PLATE and frame.vectorized:
             return frame
+    if where == "model" and site.get("is_observed"):
+        raise ContractError(
+            f"observed site '{site['name']}' is not inside pyro.plate('data'): every observation must sit in the one "
+            "'data' plate so it can be scored per data point (see the model/guide contract in the README)"
+        )
     raise ContractError(
-        f"{where} site '{site['name']}' is not inside pyro.plate('data'): every sample "
-        "site of a model and guide must sit in the one 'data' plate so it can be scored "
-        "per data point (see the model/guide contract in the README)"
+        f"{where} site '{site['name']}' is not inside pyro.plate('data'): a global latent, shared by every point. "
+        "Importance-weighted objectives and log p(x) weight each point's own samples and cannot be right with it; "
+        "train with elbo, meanfield, enum or tracegraph (which scale a global site by B/N per minibatch), or put the "
+        "site inside the data plate, or condition the model on a point estimate of it (pyro.condition) and score "
+        "that conditional model, saying so"
     )
 
 
@@ -210,25 +231,6 @@ def vectorized(fn, num_particles: int, dim: int):
     return wrapped
 
 
-class SequentialParticles(UserWarning):
-    """A pair that does not broadcast over a leading sample dimension: its particles run one at a time."""
-
-
-_ONE_AT_A_TIME: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _owner(fn):
-    return getattr(fn, "__self__", fn)  # a bound method's instance: ``obj.model`` is a new object each time
-
-
-def runs_one_at_a_time(model, guide) -> bool:
-    """Whether this pair was found not to broadcast over a leading sample dimension."""
-    try:
-        return any(_owner(fn) in _ONE_AT_A_TIME for fn in (model, guide))
-    except TypeError:  # not weakly referenceable: never marked
-        return False
-
-
 def found_one_at_a_time(model, guide, x) -> bool:
     """:func:`runs_one_at_a_time`, after a two-particle trial on the first point if the pair is new."""
     if not runs_one_at_a_time(model, guide):
@@ -236,64 +238,39 @@ def found_one_at_a_time(model, guide, x) -> bool:
     return runs_one_at_a_time(model, guide)
 
 
-def _mark_one_at_a_time(model, guide, err: BaseException) -> None:
-    for fn in (model, guide):
-        try:
-            _ONE_AT_A_TIME[_owner(fn)] = True
-        except TypeError:
-            pass
-    warnings.warn(
-        f"the model and guide do not broadcast over a leading sample dimension ({type(err).__name__}: "
-        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); their particles run one at a time, as "
-        "Pyro's Trace_ELBO runs them: the same answers, slower. Make the networks broadcast (expand inputs before "
-        "torch.cat) to vectorise them",
-        SequentialParticles,
-        stacklevel=3,
-    )
-
-
-class _PerParticleTraces:
-    """Stands for the traces of K particles drawn one at a time: there is no single trace of them."""
-
-    def __getattr__(self, name):
-        raise ContractError(
-            "this needs the traces of all particles at once, and the model and guide run their particles one at a "
-            "time (they do not broadcast over a leading sample dimension): use one particle (k=1), or make the "
-            "networks broadcast (expand inputs before torch.cat)"
-        )
-
-    def copy(self):
-        return self.__getattr__("copy")
-
-
-def site_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None, **kwargs) -> SiteTerms:
+def site_terms(
+    model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None, allow_global: bool = False, **kwargs
+) -> SiteTerms:
     """Run ``guide`` with ``num_particles`` vectorised particles, replay ``model``, and
     return every sample site's log-density per particle and data point.
 
     A pair whose networks do not broadcast over the particle dimension (they raise under it
     and run without it) runs its particles one at a time instead, with the same answers; it is
-    said once (:class:`SequentialParticles`) and remembered for the pair.
-    Sites outside ``pyro.plate("data")`` raise :class:`ContractError`; plates nested in
-    the data plate (pixels, time steps) are summed over.
+    said once (:class:`ppl_vae.particles.SequentialParticles`) and remembered for the pair.
+    Sites outside ``pyro.plate("data")`` (global latents) raise :class:`ContractError`, or with
+    ``allow_global`` are left out of the terms (their traces stay: for checks only); plates nested
+    in the data plate (pixels, time steps) are summed over.
     """
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     particle_dim = -max_plate_nesting - 1
     if runs_one_at_a_time(model, guide):
-        return _one_at_a_time(model, guide, args, kwargs, num_particles, particle_dim)
+        return _one_at_a_time(model, guide, args, kwargs, num_particles, particle_dim, allow_global)
     try:
-        return _terms(model, guide, args, kwargs, num_particles, particle_dim, vectorise=True)
+        return _terms(model, guide, args, kwargs, num_particles, particle_dim, True, allow_global)
     except ContractError:
         raise
     except Exception as err:
-        terms = _one_at_a_time(model, guide, args, kwargs, num_particles, particle_dim)  # its own error if it fails too
-        _mark_one_at_a_time(model, guide, err)
+        terms = _one_at_a_time(
+            model, guide, args, kwargs, num_particles, particle_dim, allow_global
+        )  # its own error if it fails too
+        mark_one_at_a_time(model, guide, err)
         return terms
 
 
-def _one_at_a_time(model, guide, args, kwargs, num_particles: int, particle_dim: int) -> SiteTerms:
+def _one_at_a_time(model, guide, args, kwargs, num_particles: int, particle_dim: int, allow_global: bool) -> SiteTerms:
     """``num_particles`` draws without a particle plate, their ``(1, B)`` terms stacked to ``(K, B)``."""
-    parts = [_terms(model, guide, args, kwargs, 1, particle_dim, vectorise=False) for _ in range(num_particles)]
+    parts = [_terms(model, guide, args, kwargs, 1, particle_dim, False, allow_global) for _ in range(num_particles)]
     if num_particles == 1:
         return parts[0]
     first = parts[0]
@@ -309,38 +286,74 @@ def _one_at_a_time(model, guide, args, kwargs, num_particles: int, particle_dim:
         guide_fn=guide,
         args=args,
         kwargs=kwargs,
-        guide_trace=_PerParticleTraces(),
-        model_trace=_PerParticleTraces(),
+        guide_trace=PerParticleTraces(),
+        model_trace=PerParticleTraces(),
         not_reparameterized=first.not_reparameterized,
     )
 
 
-def _terms(model, guide, args, kwargs, num_particles: int, particle_dim: int, vectorise: bool) -> SiteTerms:
+def _enumerated_trace(run_model, guide_trace, summed, particle_dim: int, vectorise: bool, args, kwargs):
+    if not vectorise:
+        raise ContractError(f"model sites {summed} are marked for enumeration: the pair must broadcast over new dimensions")
+    run_model = enumerating(run_model, particle_dim)
+    return poutine.trace(poutine.replay(run_model, trace=guide_trace)).get_trace(*args, **kwargs)
+
+
+def _joint_term(joint: list[dict], num_particles: int, particle_dim: int, data_scale: float) -> dict:
+    """One term for the sites that depend on enumerated ones, under an observed site's name."""
+    key = next((s["name"] for s in joint if s["is_observed"]), joint[0]["name"])
+    frame = _data_frame(next(s for s in joint if s["name"] == key), "model")
+    site = {"name": key, "cond_indep_stack": (frame,), "mask": None, "scale": 1.0}
+    total = summed_out(joint, particle_dim, frame.dim, data_scale)
+    return {key: reduce_to_points(site, total, num_particles, particle_dim, 1.0)}
+
+
+def _check_local_in_guide(guide_trace, model_trace) -> None:
+    for name, site in guide_trace.nodes.items():
+        model_site = model_trace.nodes.get(name)
+        if site["type"] == "sample" and not in_data_plate(site) and model_site is not None and in_data_plate(model_site):
+            raise ContractError(
+                f"guide site '{name}' is not inside pyro.plate('data') and the model's site '{name}' is: the guide "
+                "must draw it per data point too (inside the one 'data' plate)"
+            )
+
+
+def _terms(model, guide, args, kwargs, num_particles: int, particle_dim: int, vectorise: bool, allow_global: bool) -> SiteTerms:
     run_guide, run_model = (vectorized(fn, num_particles, particle_dim) if vectorise else fn for fn in (guide, model))
     guide_trace = poutine.trace(run_guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(run_model, trace=guide_trace)).get_trace(*args, **kwargs)
+    summed = enumerated_in_model(model_trace, guide_trace)
+    if summed:  # marked discrete sites the guide does not draw: summed out inside each weight
+        model_trace = _enumerated_trace(run_model, guide_trace, summed, particle_dim, vectorise, args, kwargs)
     data_scale = data_subsample_scale(model_trace)
     if data_subsample_scale(guide_trace) != data_scale:
         raise ContractError("the model and guide subsample the 'data' plate differently")
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
 
-    model_terms, guide_terms, observed, not_reparameterized = {}, {}, [], []
+    model_terms, guide_terms, observed, not_reparameterized, joint = {}, {}, [], [], []
+    shared = set(outside_data_plate(model_trace)) if allow_global else set()
+    _check_local_in_guide(guide_trace, model_trace)
     for where, trace, out in (("guide", guide_trace, guide_terms), ("model", model_trace, model_terms)):
         for name, site in trace.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or name in shared:
                 continue
             if where == "model" and site["is_observed"]:
                 observed.append(name)
-            elif where == "model" and name not in guide_trace.nodes:
+            log_p = site["fn"].log_prob(site["value"])
+            if where == "model" and summed and (name in summed or carries_enumeration(log_p, particle_dim)):
+                joint.append(site)
+                continue
+            if where == "model" and not site["is_observed"] and name not in guide_trace.nodes:
                 raise ContractError(
                     f"model latent site '{name}' has no matching site in the guide; the guide samples {sorted(guide_terms)}"
                 )
             if where == "guide" and not getattr(site["fn"], "has_rsample", False):
                 not_reparameterized.append(name)
-            log_p = site["fn"].log_prob(site["value"])
             out[name] = reduce_to_points(site, log_p, num_particles, particle_dim, data_scale, where)
-    extra = sorted(set(guide_terms) - set(model_terms))
+    if joint:
+        model_terms.update(_joint_term(joint, num_particles, particle_dim, data_scale))
+    extra = sorted(set(guide_terms) - set(model_terms) - {s["name"] for s in joint})
     if extra:
         raise ContractError(f"guide sites {extra} do not appear in the model")
     if not observed:

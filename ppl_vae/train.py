@@ -296,4 +296,4 @@ class Trainer:
     def validate(self, val_x: torch.Tensor) -> dict:
         """This epoch's validation row (:func:`ppl_vae.scoring.validation`)."""
         self.set_training(False)
-        return validation(self.model, self.guide, val_x, self.config, self.epoch, density=self.monitor != "val_distortion")
+        return validation(self.model, self.guide, val_x, self.config, self.epoch, self.monitor, self.objective)

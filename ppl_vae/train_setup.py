@@ -11,6 +11,7 @@ from .checks import check_pair_on_data
 from .data import DeviceBatches
 from .epoch_log import monitored
 from .faults import NanGuard
+from .global_latents import GlobalScaled, accepts_global, global_sites, refuse
 from .hooks import InitialisedFromData, refresh
 from .objectives import accepts_point_masses, num_particles
 from .pixels import check_data
@@ -28,9 +29,11 @@ def check_training_pair(trainer, batches: DeviceBatches, val_x, dynamic: bool):
     scored = val_x is not None and cfg.eval_every > 0 and cfg.eval_k > 1  # validation log p(x) draws eval_k at once
     particles = scored or num_particles(trainer.objective) > 1
     x = torch.bernoulli(batches.x) if dynamic else batches.x
-    terms = check_pair_on_data(trainer.model, trainer.guide, x, "training data", particles=particles)
+    shared = check_global_latents(trainer, x[:2], batches.x.shape[0])
+    particles = particles and not shared  # no per-point estimate is made of a model with global latents
+    terms = check_pair_on_data(trainer.model, trainer.guide, x, "training data", particles=particles, allow_global=shared)
     if val_x is not None:
-        check_pair_on_data(trainer.model, trainer.guide, val_x, "validation data", particles=particles)
+        check_pair_on_data(trainer.model, trainer.guide, val_x, "validation data", particles=particles, allow_global=shared)
     point_masses = terms.point_masses()
     if point_masses and not accepts_point_masses(trainer.objective):
         raise ValueError(
@@ -39,8 +42,22 @@ def check_training_pair(trainer, batches: DeviceBatches, val_x, dynamic: bool):
             "what it trains is log p(x|z) + log p(z), a MAP-like objective); use an aggregate objective (wae_mmd, "
             "swae, cwae, radial, sparse_ae) with this guide, or a stochastic guide (mean_field, ...)"
         )
-    trainer.monitor = monitored(trainer.config.eval_every, density=not point_masses)
+    trainer.monitor = monitored(0 if shared else trainer.config.eval_every, density=not point_masses)
     return terms
+
+
+def check_global_latents(trainer, x: torch.Tensor, n_points: int) -> bool:
+    """A model with global latents (:mod:`ppl_vae.global_latents`) trains only with an objective that is
+    right with them, its global sites weighted B / N per minibatch; returns whether it has any."""
+    if isinstance(trainer.objective, GlobalScaled):
+        return True
+    names = global_sites(trainer.model, trainer.guide, x)
+    if not names:
+        return False
+    if not accepts_global(trainer.objective):
+        raise refuse(trainer.config.objective, names)
+    trainer.objective = GlobalScaled(trainer.objective, n_points, names)  # every rank holds all N points
+    return True
 
 
 def initialise_from_data(trainer, train_x: torch.Tensor, resume: bool) -> str | None:

@@ -215,7 +215,7 @@ def test_a_model_observing_part_of_each_point_is_refused_before_training():
 def test_a_pair_that_does_not_broadcast_trains_one_particle_at_a_time_and_says_so(objective):
     """Pyro's Trace_ELBO runs such a pair one sample at a time; here it is found before the first step,
     said once with the fix, and its particles run one at a time (tests/test_one_at_a_time.py)."""
-    from ppl_vae.sites import SequentialParticles
+    from ppl_vae.particles import SequentialParticles
 
     x = torch.bernoulli(torch.full((40, 64), 0.3))
     with pytest.warns(SequentialParticles, match="do not broadcast.*one at a time.*expand inputs"):

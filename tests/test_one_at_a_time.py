@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ppl_vae import TrainConfig, Trainer, get_objective, log_px
-from ppl_vae.sites import SequentialParticles, runs_one_at_a_time, site_terms
+from ppl_vae.particles import SequentialParticles, runs_one_at_a_time
+from ppl_vae.sites import site_terms
 
 C, D, Z = 3, 3, 2  # classes, data width, latent width
 

@@ -17,7 +17,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
 
-from ..sites import runs_one_at_a_time
+from ..particles import runs_one_at_a_time
 
 
 def analytic_sites(model, guide, *args, **kwargs) -> dict[str, bool]:
