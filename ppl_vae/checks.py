@@ -73,7 +73,7 @@ def check_pair_on_data(
         terms = _run_checked(model, guide, first, x.shape, what, particles, allow_global)
     finally:
         param_store.mark_own()  # what the check registered is the pair's, not a user's own
-    _check_observed(terms, first, what)
+    _check_observed(terms, first, what, getattr(model, "observed_width", None))
     for name in terms.observed:
         support = terms.model_trace.nodes[name]["fn"].support
         ok = torch.cat([support.check(chunk).reshape(chunk.shape[0], -1).all(-1) for chunk in x.split(4096)])
@@ -107,10 +107,11 @@ def _run_checked(model, guide, first: torch.Tensor, shape, what: str, particles:
     return terms
 
 
-def _check_observed(terms: SiteTerms, x: torch.Tensor, what: str) -> None:
+def _check_observed(terms: SiteTerms, x: torch.Tensor, what: str, width: int | None = None) -> None:
     """The observed sites together hold at least the data's values per point (a model observing part
-    of the data would be scored on that part only)."""
-    per_point = x[0].numel()
+    of the data would be scored on that part only); ``width``: the values that are data where the rest
+    of each row is what the model is conditioned on (:class:`ppl_vae.labels.Conditioned`)."""
+    per_point = width or x[0].numel()
     held = {n: terms.model_trace.nodes[n]["value"].numel() // x.shape[0] for n in terms.observed}
     if sum(held.values()) < per_point:
         raise DataError(

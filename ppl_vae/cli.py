@@ -30,7 +30,8 @@ def cmd_train(args) -> int:
         return 0
     print(format_table(run_rows(result) + [(row.quantity, row.value) for row in report_rows(result)]))
     print(
-        f"wrote {Path(args.out) / 'result.json'}, checkpoint {result['checkpoint']}, pictures {', '.join(result['pictures'].values())}"
+        f"wrote {Path(args.out) / 'result.json'}, checkpoint {result['checkpoint']}, pictures "
+        f"{', '.join(result['pictures'].values()) or 'none (rows are not images alone)'}"
     )
     return 0
 
@@ -59,7 +60,7 @@ def cmd_evaluate(args) -> int:
     print(f"\nHow to read it (values in {UNITS}):\n" + "\n".join(notes))
     if report.get("inference_data"):
         written.append(report["inference_data"])
-    print(f"wrote {', '.join(written)} and pictures {', '.join(report.get('pictures', {}).values())}")
+    print(f"wrote {', '.join(written)} and pictures {', '.join(report.get('pictures', {}).values()) or 'none'}")
     return 0
 
 

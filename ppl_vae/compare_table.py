@@ -44,6 +44,7 @@ AGGREGATE_COLUMNS = [
     ("seconds_per_epoch", "s/epoch"),
 ]
 
+CLASSIFICATION = ("classification_error", "test classification error")  # a column where a guide has a classifier
 NO_SPREAD = ("log_px_se",)  # an SE's own spread over seeds says nothing a reader needs
 DELTAS = [
     ("delta_log_px", "Δ log p(x) vs first [95% interval]"),
@@ -54,8 +55,9 @@ DELTAS = [
 def columns_for(rows: list[dict], aggregate: bool = False) -> list[tuple[str, str]]:
     """The table's columns: the preset's or the default, with the paired differences where a row has them."""
     base = AGGREGATE_COLUMNS if aggregate else COLUMNS
+    classifier = [CLASSIFICATION] if any(r.get(CLASSIFICATION[0]) is not None for r in rows) else []
     extra = [c for c in DELTAS if any(c[0] in r for r in rows[1:])]
-    return base + extra
+    return base + classifier + extra
 
 
 def _delta(d: dict) -> str:

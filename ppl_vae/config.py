@@ -46,7 +46,9 @@ class TrainConfig:
     not the guide's) this run starts from and holds fixed, so only the guide trains: several guides
     scored on one shared decoder. ``data_init``: before the first step of a new run, let a model
     that defines ``init_from_data`` (the package's models: the decoder's output bias at the data's
-    per-pixel mean) set parameters from the training data; resume never re-initialises. ``label``: the progress bar's name for the run. ``meta``: the run's data, model and guide spec
+    per-pixel mean) set parameters from the training data; resume never re-initialises. ``aux_weight``:
+    with labels (``Trainer.fit(train_y=...)``), the weight per labelled point of the classifier's loss
+    -log q(y | x); None: Kingma et al. (2014)'s alpha = 0.1 N / N_labelled. ``label``: the progress bar's name for the run. ``meta``: the run's data, model and guide spec
     (what the command line records).
     """
 
@@ -74,6 +76,7 @@ class TrainConfig:
     tf32: bool = _run(False)
     data_init: bool = _run(True)
     model_from: str | None = None
+    aux_weight: float | None = None
     label: str = _run("train")
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"adam_eps must be positive, got {self.adam_eps}")
         if self.time_limit < 0:
             raise ValueError(f"time_limit must be 0 (none) or positive seconds, got {self.time_limit}")
+        if self.aux_weight is not None and not self.aux_weight >= 0:
+            raise ValueError(f"aux_weight must be 0 or positive, got {self.aux_weight}")
         if self.early_stop < 0:
             raise ValueError(f"early_stop must be 0 (never) or a positive number of epochs, got {self.early_stop}")
 

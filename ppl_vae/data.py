@@ -293,10 +293,14 @@ class DeviceBatches:
     the global batch size would. ``batch_size`` is the global batch size.
     """
 
-    def __init__(self, x: torch.Tensor, batch_size: int, device, seed: int, dynamic: bool, rank: int = 0, world: int = 1):
+    def __init__(
+        self, x: torch.Tensor, batch_size: int, device, seed: int, dynamic: bool, rank: int = 0, world: int = 1, labels=None
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.x = x.to(device)
+        # one-hot label columns (zeros: unlabelled) appended to each batch (ppl_vae.labels)
+        self.labels = None if labels is None else labels.to(self.x.device, self.x.dtype)
         self.batch_size = batch_size * world
         self.rank, self.world = rank, world
         self.dynamic = dynamic
@@ -310,8 +314,17 @@ class DeviceBatches:
         x = torch.bernoulli(self.x, generator=self.generator) if self.dynamic else self.x
         perm = torch.randperm(x.shape[0], generator=self.generator, device=x.device)
         for start in range(0, x.shape[0], self.batch_size):
-            batch = x[perm[start : start + self.batch_size]]
+            rows = perm[start : start + self.batch_size]
+            batch = x[rows] if self.labels is None else torch.cat([x[rows], self.labels[rows]], -1)
             yield part(batch, self.rank, self.world)
+
+    def first(self, n: int = 2) -> torch.Tensor:
+        """A few points as a batch looks (with labels: n labelled and n unlabelled ones, where there are)."""
+        if self.labels is None:
+            return self.x[:n]
+        labelled = self.labels.sum(-1) > 0
+        rows = torch.cat([labelled.nonzero()[:n, 0], (~labelled).nonzero()[:n, 0]])
+        return torch.cat([self.x[rows], self.labels[rows]], -1)
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()

@@ -19,6 +19,7 @@ from .device import seed_everything
 from .epoch_log import best_summary
 from .global_latents import global_sites
 from .importance_sampling import check_scoring_time
+from .labelled_runs import labelled_run, with_classes
 from .pair import build_pair, check_pair_names, restore_pair
 from .run_folder import CHECKPOINT_NAME, RESULT_NAME, evaluation_folder, provenance, write_json
 from .scoring import score
@@ -43,26 +44,27 @@ def train_and_report(
     unless ``force``. Under torchrun every rank trains; rank 0 writes and returns the result, the
     others None."""
     data = dataset_of(spec) if data is None else data
+    spec = with_classes(spec, data)
     config = replace(config, meta={**spec, "image_shape": list(data.image_shape)})
     seed_everything(config.seed)  # the networks' initial weights follow the seed too
     model, guide = build_pair(spec, data.x_dim, data.image_shape)
-    trainer = Trainer(model, guide, config)
     train_x, dynamic = train_x_of(data)
-    val_x = data.eval_x("val", trainer.device)
+    run = labelled_run(spec, data, model, guide, train_x, config.seed)
+    model, guide = run.model, run.guide
+    trainer = Trainer(model, guide, config)
+    val_x = run.eval_x(data, "val", trainer.device)
     # the test split is scored after training: refuse it now, not after the last epoch
-    hooks.refresh(model, train_x.to(trainer.device))
-    test_x = data.eval_x("test", trainer.device)
-    _refuse_global_latents(model, guide, test_x)
-    check_pair_on_data(model, guide, test_x, "test data", particles=test_k > 1)
-    check_scoring_time(model, guide, test_x, test_k, force)
-    history = trainer.fit(train_x, val_x, dynamic=dynamic, resume=resume)
+    hooks.refresh(model, run.train_x.to(trainer.device))
+    test_x = run.eval_x(data, "test", trainer.device)
+    _check_test_scoring(model, guide, test_x, test_k, force)
+    history = trainer.fit(run.train_x, val_x, dynamic=dynamic, resume=resume, train_y=run.train_y)
     # with early stopping the run's answer is its best epoch (as Keras' restore_best_weights)
     scored_epoch = trainer.restore_best() if config.early_stop else None
     trainer.set_training(False)
     out = Path(config.out) if config.out else None
     result = score(
         model, guide, test_x, k=test_k, seed=config.seed, compile=config.compile,
-        progress=config.progress, labels=data.test.labels, image_shape=data.image_shape, out=out, prior_tests=aggregate_tests,
+        progress=config.progress, labels=data.test.labels, image_shape=run.image_shape, out=out, prior_tests=aggregate_tests,
     )  # fmt: skip
     if result is None:  # another rank than 0 under torchrun: its share of log p(x) is in rank 0's result
         return None
@@ -77,12 +79,21 @@ def train_and_report(
         stopped_early=trainer.stopped_early is not None,
         scored_epoch=scored_epoch or trainer.epoch,
         data_init=trainer.data_init,
+        labels=run.summary(trainer.objective),
     )
     result.update(provenance(trainer.device, command))
     if out is not None:
         result["checkpoint"] = str(out / CHECKPOINT_NAME)
         write_json(result, out / RESULT_NAME)
     return result
+
+
+def _check_test_scoring(model, guide, test_x, test_k: int, force: bool) -> None:
+    """What scoring the test split needs, checked before training: no global latents, the pair on
+    the test data, and a scoring time within bounds."""
+    _refuse_global_latents(model, guide, test_x)
+    check_pair_on_data(model, guide, test_x, "test data", particles=test_k > 1)
+    check_scoring_time(model, guide, test_x, test_k, force)
 
 
 def _refuse_global_latents(model, guide, test_x) -> None:
@@ -148,14 +159,15 @@ def evaluate_checkpoint(
     folder = evaluation_folder(checkpoint, k, out, overwrite, **setting)
     pair, data = _restore(checkpoint, folder, device, **where)
     seed_everything(seed)
-    x = data.eval_x("test", pair.device)
+    run = labelled_run(pair.spec, data, pair.model, pair.guide, data.train.x, pair.config.seed)
+    x = run.eval_x(data, "test", pair.device)
     if n_points > x.shape[0]:
         pair.notes.append(f"--n-points {n_points}: the test split has {x.shape[0]} points, all of them scored")
     x = x[:n_points] if n_points else x
-    check_scoring_time(pair.model, pair.guide, x, k, force)
+    check_scoring_time(run.model, run.guide, x, k, force)
     report = score(
-        pair.model, pair.guide, x, level="full", k=k, seed=seed, compile=compile, progress=progress,
-        labels=data.test.labels, image_shape=data.image_shape, out=folder, log=log, refine=refine,
+        run.model, run.guide, x, level="full", k=k, seed=seed, compile=compile, progress=progress,
+        labels=data.test.labels, image_shape=run.image_shape, out=folder, log=log, refine=refine,
     )  # fmt: skip
     if report is None:  # its share of log p(x) is in rank 0's report
         return None, folder

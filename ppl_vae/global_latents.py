@@ -22,6 +22,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 
+from .objectives.modifiers import Wrapping
 from .objectives.pyro_elbos import AnalyticKLELBO, JitTraceELBO
 from .objectives.score_function import TraceGraphELBO
 from .sites import in_data_plate, outside_data_plate
@@ -41,11 +42,15 @@ class _ScaleOutsideData(Messenger):
 
 def global_sites(model, guide, x: torch.Tensor) -> list[str]:
     """Latent sites of the pair outside ``pyro.plate("data")``, found by running it once on ``x``
-    (the random state is left as it was)."""
+    (the random state is left as it was); none where the pair fails on ``x``: the checks of the pair
+    on the data (:func:`ppl_vae.checks.check_pair_on_data`) then say what is wrong."""
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with poutine.block(), torch.random.fork_rng(devices=cuda), pyro.validation_enabled(False):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    try:
+        with poutine.block(), torch.random.fork_rng(devices=cuda), pyro.validation_enabled(False):
+            guide_trace = poutine.trace(guide).get_trace(x)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    except Exception:  # a user's code on data it does not fit: named by the checks that follow
+        return []
     return outside_data_plate(prune_subsample_sites(model_trace))
 
 
@@ -62,9 +67,11 @@ def refuse(objective_name: str, names: list[str]) -> ValueError:
     )
 
 
-class GlobalScaled:
+class GlobalScaled(Wrapping):
     """``objective`` with the global sites' terms weighted ``B / n_points`` for a minibatch of B points
     (``sites``: their names, for the record)."""
+
+    _own = ("objective", "n_points", "sites")
 
     def __init__(self, objective, n_points: int, sites: list[str] | tuple = ()):
         self.objective, self.n_points, self.sites = objective, int(n_points), list(sites)
@@ -79,14 +86,6 @@ class GlobalScaled:
     def loss(self, model, guide, x, *args, **kwargs) -> float:
         with _ScaleOutsideData(self._factor(x)):
             return self.objective.loss(model, guide, x, *args, **kwargs)
-
-    def __call__(self, model, guide, x, *args, **kwargs):
-        return self.differentiable_loss(model, guide, x, *args, **kwargs)
-
-    def __getattr__(self, name):  # num_particles, schedules and the like are the objective's
-        if name in ("objective", "n_points", "sites"):
-            raise AttributeError(name)
-        return getattr(self.objective, name)
 
     def __repr__(self) -> str:
         return f"GlobalScaled({self.objective!r}, n_points={self.n_points})"

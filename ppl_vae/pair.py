@@ -19,7 +19,8 @@ from .capture import module_of, same_draws
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .device import seed_everything
-from .registry import GUIDES, MODELS
+from .labels import label_args
+from .registry import GUIDES, MODELS, PAIRED_NAMES
 from .user_code import is_file_ref, load_user_callable, resolve_ref
 
 
@@ -33,8 +34,11 @@ def check_pair_names(model: str | None, guide: str | None) -> None:
         elif name not in known:
             raise ValueError(f"{known.unknown(name)}, or your own as path/to/file.py:name")
     built_in = model is not None and guide is not None and not is_file_ref(model) and not is_file_ref(guide)
-    if built_in and (model == "sbn") != (guide == "sbn"):
-        raise ValueError(f"guide '{guide}' does not fit model '{model}': the sbn model and the sbn guide go together")
+    for paired in PAIRED_NAMES:
+        if built_in and (model == paired) != guide.startswith(paired):
+            raise ValueError(
+                f"guide '{guide}' does not fit model '{model}': the {paired} model and the {paired} guide go together"
+            )
     if built_in and (model == "hierarchical") != guide.startswith("hierarchical"):
         fits = "hierarchical or hierarchical_iaf" if model == "hierarchical" else "a one-layer guide (mean_field, iaf, ...)"
         raise ValueError(f"guide '{guide}' does not fit model '{model}': give {fits}")
@@ -294,8 +298,9 @@ def _to(pair, device):
 
 
 def _run_pair(model, guide, x: torch.Tensor) -> None:
-    trace = poutine.trace(guide).get_trace(x)
-    poutine.replay(model, trace=trace)(x)
+    args = label_args(model, x)  # a conditional model runs with labels
+    trace = poutine.trace(guide).get_trace(*args)
+    poutine.replay(model, trace=trace)(*args)
 
 
 def _without_data(state: dict, config: TrainConfig, device, notes) -> TrainedPair:

@@ -79,6 +79,7 @@ DATASETS = Registry(
 )
 LOCAL_DATASETS = ("mnist", "fashion-mnist", "binarized-mnist")  # the named data sets read from --data-dir
 BINARIZE_MODES = ("dynamic", "fixed", "none")
+PAIRED_NAMES = ("sbn", "ssvae", "cvae")  # a built-in model that goes with the guide of its own name
 MODELS = Registry(
     "model",
     {
@@ -86,6 +87,8 @@ MODELS = Registry(
         "hierarchical": "ppl_vae.models.hierarchical:HierarchicalVAE",
         "linear_gaussian": "ppl_vae.models.linear_gaussian:LinearGaussian",
         "sbn": "ppl_vae.models.sbn:SigmoidBeliefNet",
+        "ssvae": "ppl_vae.models.labelled:SSVAE",
+        "cvae": "ppl_vae.models.labelled:CVAE",
     },
 )
 _FLOW_GUIDE = "ppl_vae.guides.flows:FlowGuide"
@@ -102,6 +105,9 @@ GUIDES = Registry(
         "householder": (_FLOW_GUIDE, {"flow": "householder"}),
         "hierarchical_iaf": ("ppl_vae.guides.hierarchical:HierarchicalGuide", {"flow": "iaf"}),
         "sbn": "ppl_vae.guides.sbn:SBNGuide",
+        "ssvae": "ppl_vae.guides.labelled:SSVAEGuide",
+        "ssvae_enum": ("ppl_vae.guides.labelled:SSVAEGuide", {"enumerate": True}),
+        "cvae": "ppl_vae.guides.labelled:CVAEGuide",
     },
 )
 PRIORS = Registry(

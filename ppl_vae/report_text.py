@@ -42,6 +42,7 @@ def report_rows(r: dict) -> list[Row]:
     rows = [_log_px_row(r)] + [row(r) for key, row in optional if key in r] + [_elbo_row(r), _units_row(r)]
     rows += [_sigma_row(r)] if "encoder_sigma" in r else []
     later = (
+        ("classification_error", _classification_row),
         ("surgery", _split_row),
         ("prior_match", _prior_match_row),
         ("posterior_correlation", _correlation_row),
@@ -144,6 +145,12 @@ def _elbo_row(r: dict) -> Row:
         f"reconstruction error (one draw per point). log p(x) - ELBO = {gap:.2f} nats is what the guide gives away"
     )
     return Row("test ELBO", value, note)
+
+
+def _classification_row(r: dict) -> Row:
+    value = f"{100 * r['classification_error']:.2f}% ± {100 * r['classification_error_se']:.2f}% ({r['classification_n']} points)"
+    note = "the guide's classifier q(y|x) (its site 'y'), its most probable class against the test labels; SE binomial"
+    return Row("test classification error", value, note)
 
 
 def _units_row(r: dict) -> Row:

@@ -16,6 +16,8 @@ MODEL_OPTIONS = {
     "hierarchical": ("z_dims", "hidden", "prior", "likelihood"),
     "linear_gaussian": ("z_dim", "hidden"),
     "sbn": ("z_dims",),
+    "ssvae": ("z_dim", "hidden"),
+    "cvae": ("z_dim", "hidden"),
 }
 GUIDE_OPTIONS = ("z_dim", "hidden", "network")  # a built-in one-layer guide beside a user's own model
 DEFAULTS = {"z_dim": 10, "hidden": [400], "prior": "normal", "likelihood": "bernoulli", "network": "mlp", "z_dims": None}
@@ -57,6 +59,9 @@ def model_options(args) -> dict:
         own["guide"] = resolve_ref(args.guide) if is_file_ref(args.guide) else args.guide
         guide_kwargs = {} if is_file_ref(args.guide) else {"z_dim": _given(args, "z_dim"), "hidden": hidden}
         return {**own, "model_kwargs": {}, "guide_kwargs": guide_kwargs}
+    if args.model in ("ssvae", "cvae"):  # the classes come from the data; unset sizes keep the model's defaults
+        sizes = {n: getattr(args, n) for n in ("z_dim", "hidden") if getattr(args, n) is not None}
+        return {"guide": args.guide or args.model, "model_kwargs": dict(sizes), "guide_kwargs": dict(sizes)}
     if args.model == "sbn":
         layers = {} if args.z_dims is None else {"z_dims": args.z_dims}
         return {"guide": args.guide or "sbn", "model_kwargs": dict(layers), "guide_kwargs": dict(layers)}
@@ -99,6 +104,16 @@ def check_run_arguments(args) -> None:
         raise ValueError(f"--time-limit must be 0 (no limit) or a positive number of minutes, got {args.time_limit:g}")
     _check_data_source(args)
     check_model_options(args)
+    _check_label_options(args)
+
+
+def _check_label_options(args) -> None:
+    if args.aux_weight is not None and args.labelled is None:
+        raise ValueError("--aux-weight weighs the classifier's loss on labelled points: give --labelled N|all too")
+    if args.aux_weight is not None and not args.aux_weight >= 0:
+        raise ValueError(f"--aux-weight must be 0 or positive, got {args.aux_weight:g}")
+    if args.model == "cvae" and args.labelled != "all":
+        raise ValueError("the cvae model is conditioned on each point's label (it models p(x | y)): give --labelled all")
 
 
 def _check_data_source(args) -> None:
@@ -149,6 +164,8 @@ def spec_and_config(args, objective: str):
         if getattr(args, key) != default:
             spec[key] = getattr(args, key)
     spec.update(model_options(args))
+    if args.labelled is not None:
+        spec["labelled"] = args.labelled
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -172,6 +189,7 @@ def spec_and_config(args, objective: str):
         tf32=args.tf32,
         data_init=not args.no_data_init,
         model_from=args.model_from,
+        aux_weight=args.aux_weight,
     )
     return spec, config
 

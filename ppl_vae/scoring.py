@@ -212,6 +212,12 @@ def _pictures(s: Scoring) -> dict:
     return {"pictures": paths}
 
 
+def _classification(s: Scoring) -> dict:
+    from .labels import classification_error
+
+    return classification_error(s.guide, s.x, s.labels[: s.x.shape[0]]) or {}
+
+
 def _inference_data(s: Scoring) -> dict:
     from .posterior import export_inference_data
 
@@ -228,6 +234,7 @@ STAGES: list[Stage] = [
     Stage("log p(x) by importance sampling", _log_px),
     Stage("ELBO, rate and distortion", _elbo),
     Stage("active units", _units),
+    Stage("test classification error", _classification, when=lambda s: s.labels is not None),
     Stage("tests of q(z) against the prior", _prior_match, when=lambda s: s.level == "full" or s.prior_tests),
     Stage("KL per dimension and the rate's split", _kl_split, when=_full, needs_density=True,
           skipped_keys=("kl_per_dimension", "surgery")),

@@ -123,17 +123,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, train_x, val_x=None, dynamic: bool = False, resume: bool = False) -> list[dict]:
+    def fit(self, train_x, val_x=None, dynamic: bool = False, resume: bool = False, train_y=None) -> list[dict]:
         """Train for ``config.epochs`` epochs (in total, counting resumed ones).
 
-        ``train_x`` holds intensities if ``dynamic`` (binarised afresh each epoch on the
-        device) and the data as the model sees them otherwise. Returns the history:
-        one dict per epoch with the training loss and validation ELBO (and log p(x)),
-        in nats per data point. Ctrl-C saves a checkpoint and raises :class:`Interrupted`.
+        ``train_x`` holds intensities if ``dynamic`` (binarised afresh each epoch on the device) and the
+        data as the model sees them otherwise. Returns the history: one dict per epoch with the training
+        loss and validation ELBO (and log p(x)), in nats per data point. Ctrl-C saves a checkpoint and
+        raises :class:`Interrupted`. ``train_y``: one-hot labels (N, C), zeros where unlabelled, for
+        ``model(x, y=None)`` (:mod:`ppl_vae.labels`).
         """
         cfg = self.config
         with tf32_matmul(cfg.tf32):
-            batches, val_x = self._prepare(train_x, val_x, dynamic, resume)
+            batches, val_x = self._prepare(train_x, val_x, dynamic, resume, train_y)
             bar = progress.bar(
                 cfg.epochs * len(batches), cfg.label, "step", cfg.progress and distributed.is_main(),
                 initial=self.epoch * len(batches) + self.batch_in_epoch,
@@ -150,7 +151,7 @@ class Trainer:
                     self.tensorboard.close()
         return self.history
 
-    def _prepare(self, train_x, val_x, dynamic: bool, resume: bool):
+    def _prepare(self, train_x, val_x, dynamic: bool, resume: bool, train_y=None):
         """Check the inputs, create the parameters (or resume them) and choose the step."""
         cfg = self.config
         train_x = as_data_tensor(train_x, "training data")
@@ -161,10 +162,9 @@ class Trainer:
             raise ValueError("tensorboard writes into the run folder: set out")
         rank, world = distributed.rank(), distributed.world_size()
         seed_everything(cfg.seed + rank)  # each rank its own draws; one shared generator orders the data
-        batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic, rank=rank, world=world)
+        batches = DeviceBatches(train_x, cfg.batch_size, self.device, cfg.seed, dynamic, rank, world, train_y)
         terms = check_training_pair(self, batches, val_x, dynamic)
-        first = batches.x[:2]
-        self._capture_params(torch.bernoulli(first) if dynamic else first)
+        self._capture_params(torch.bernoulli(batches.first(2)) if dynamic else batches.first(2))
         self.data_init = initialise_from_data(self, train_x, resume)
         width = sample_width(self.model, self.guide, terms)
         check_training_memory(list(self.params.values()), cfg.batch_size, num_particles(self.objective), width, self.device)

@@ -13,6 +13,7 @@ from .epoch_log import monitored
 from .faults import NanGuard
 from .global_latents import GlobalScaled, accepts_global, global_sites, refuse
 from .hooks import InitialisedFromData, refresh
+from .labels import LabelledObjective, check_labelled_pair, kingma_aux_weight
 from .objectives import accepts_point_masses, num_particles
 from .pixels import check_data
 from .step import make_step
@@ -30,6 +31,8 @@ def check_training_pair(trainer, batches: DeviceBatches, val_x, dynamic: bool):
     particles = scored or num_particles(trainer.objective) > 1
     x = torch.bernoulli(batches.x) if dynamic else batches.x
     shared = check_global_latents(trainer, x[:2], batches.x.shape[0])
+    if batches.labels is not None:
+        use_labels(trainer, batches, dynamic)
     particles = particles and not shared  # no per-point estimate is made of a model with global latents
     terms = check_pair_on_data(trainer.model, trainer.guide, x, "training data", particles=particles, allow_global=shared)
     if val_x is not None:
@@ -60,6 +63,26 @@ def check_global_latents(trainer, x: torch.Tensor, n_points: int) -> bool:
     return True
 
 
+def use_labels(trainer, batches: DeviceBatches, dynamic: bool) -> None:
+    """Batches that carry labels: the pair run with them once, and the objective that splits them
+    (:class:`~ppl_vae.labels.LabelledObjective`)."""
+    x, labels = batches.x, batches.labels
+    if x.dim() != 2:
+        raise ValueError(f"labels go with flat data points (N, D); the training data have shape {tuple(x.shape)}")
+    if labels.dim() != 2 or labels.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"train_y must be one-hot rows (N, C), one per training point; got {tuple(labels.shape)} for {x.shape[0]} points"
+        )
+    labelled = labels.sum(-1) > 0
+    if not labelled.any():
+        raise ValueError("train_y labels no training point (every row is zeros)")
+    first = labelled.nonzero()[:2, 0]
+    check_labelled_pair(trainer.model, trainer.guide, torch.bernoulli(x[first]) if dynamic else x[first], labels[first])
+    weight = trainer.config.aux_weight
+    weight = kingma_aux_weight(x.shape[0], int(labelled.sum())) if weight is None else weight
+    trainer.objective = LabelledObjective(trainer.objective, x.shape[-1], weight)
+
+
 def initialise_from_data(trainer, train_x: torch.Tensor, resume: bool) -> str | None:
     """A new run's data-informed initialisation (:class:`~ppl_vae.hooks.InitialisedFromData`), the
     line that says what it did (a resumed run keeps its checkpoint's line, read there)."""
@@ -82,7 +105,7 @@ def choose_step(trainer, batches: DeviceBatches, dynamic: bool) -> None:
     example = batches.x[: cfg.batch_size]
     params = list(trainer.params.values())
     trainer.step_fn = make_step(
-        cfg.compile,
+        "off" if batches.labels is not None else cfg.compile,  # labelled and unlabelled parts: no one graph
         trainer.objective,
         trainer.model,
         trainer.guide,

@@ -199,3 +199,22 @@ def test_the_example_class_trains_and_is_evaluated_from_the_command_line(tmp_pat
         assert main(["evaluate", str(out), "--k", "4", "--n-points", "30", "--device", "cpu"]) == 0
     report = json.loads(next(out.glob("eval-*/evaluation.json")).read_text())
     assert report["log_px"] < 0 and "active_units" in report
+    assert 0 <= report["classification_error"] <= 1  # the guide's site y is its classifier
+
+
+def test_the_example_classes_train_with_labels_from_the_command_line(tmp_path):
+    from ppl_vae.cli import main
+
+    path = str(Path(__file__).resolve().parent.parent / "examples" / "pyro_style_ssvae.py")
+    common = ["--dataset", "digits", "--epochs", "1", "--test-k", "4", "--eval-every", "0", "--no-progress", "--device", "cpu"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SequentialParticles)
+        ss, cv = tmp_path / "ss", tmp_path / "cv"
+        pair = ["--model", path + ":SSVAE.model", "--guide", path + ":SSVAE.guide"]
+        assert main(["train", *pair, "--labelled", "5", "--objective", "vimco:k=3", *common, "--out", str(ss)]) == 0
+        pair = ["--model", path + ":CVAE.model", "--guide", path + ":CVAE.guide"]
+        assert main(["train", *pair, "--labelled", "all", *common, "--out", str(cv)]) == 0
+    labelled = json.loads((ss / "result.json").read_text())
+    assert labelled["labels"]["labelled"] == 50 and 0 <= labelled["classification_error"] <= 1
+    conditional = json.loads((cv / "result.json").read_text())
+    assert conditional["labels"]["conditional"] and conditional["log_px"] < 0 and "classification_error" not in conditional

@@ -17,10 +17,10 @@ LAYERS = [
     {"registry", "config", "device", "pixels", "param_store", "budget", "user_data", "data", "distributed", "checkpoint", "hooks", "progress",
      "run_folder", "user_code", "enumerated", "particles", "sites", "capture", "checks", "nn", "__init__"},
     {"models", "guides"},  # generative models and guides
-    {"objectives", "global_latents"},  # training objectives
+    {"objectives", "global_latents", "labels"},  # training objectives
     {"evaluate", "importance_sampling", "aggregate", "posterior", "refine", "plots", "scoring", "report_text", "html_report"},
     {"step", "faults", "epoch_log", "pair", "train_state", "train_setup", "train"},  # the training step and loop
-    {"experiment", "compare", "compare_table", "compare_stats", "compare_workers", "run_spec", "cli_options", "cli", "__main__"},
+    {"experiment", "labelled_runs", "compare", "compare_table", "compare_stats", "compare_workers", "run_spec", "cli_options", "cli_data_options", "cli", "__main__"},
 ]  # fmt: skip
 
 

@@ -117,3 +117,19 @@ class LatentScaled:
 
     def __repr__(self) -> str:
         return f"LatentScaled({self.objective!r}, beta={self.beta}, warmup={self.warmup}, warmup_epochs={self.warmup_epochs})"
+
+
+class Wrapping:
+    """An objective around ``self.objective``: called as ``pyro.infer.SVI`` calls its loss, and what it
+    does not define itself (``num_particles``, schedules) is the wrapped objective's. ``_own``: the
+    attributes that are its own (never looked up in the wrapped one while it is being built)."""
+
+    _own: tuple = ("objective",)
+
+    def __call__(self, model, guide, *args, **kwargs):
+        return self.differentiable_loss(model, guide, *args, **kwargs)
+
+    def __getattr__(self, name):
+        if name in self._own or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.objective, name)
