@@ -108,12 +108,14 @@ def check_labelled_pair(model, guide, x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def classifier(guide, x: torch.Tensor):
-    """q(y | x): the distribution of the guide's site ``"y"`` run without labels, or None if it has none."""
+    """q(y | x): the distribution of the guide's site ``"y"`` run without labels, or None if it has none
+    (or one that is not a categorical distribution over classes)."""
     trace = poutine.trace(guide).get_trace(x)
     site = trace.nodes.get(LABEL_SITE)
     if site is None or site["type"] != "sample" or site["is_observed"]:
         return None
-    return site["fn"]
+    categorical = (torch.distributions.Categorical, torch.distributions.OneHotCategorical)
+    return site["fn"] if isinstance(site["fn"], categorical) else None  # a site 'y' of another kind is no classifier
 
 
 def class_log_prob(q, y_onehot: torch.Tensor) -> torch.Tensor:

@@ -286,3 +286,15 @@ def test_compare_with_labels_shows_the_classification_error(tmp_path):
     rows = json.loads((out / "compare.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert 0 <= rows[0]["classification_error"] <= 1
+
+
+def test_a_guide_site_y_that_is_not_a_class_is_no_classifier():
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    assert classification_error(guide, torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)) is None
+    net = Mixture()
+    error = classification_error(net.guide, W[torch.tensor([0, 1, 2])], torch.tensor([0, 1, 2]))
+    probs = torch.softmax(net.classify(W), -1)
+    assert error["classification_error"] == pytest.approx((probs.argmax(-1) != torch.arange(3)).float().mean().item())
