@@ -10,14 +10,27 @@ from typing import Any
 
 import torch
 
-from .labels import check_labels, check_takes_labels, choose_labelled, conditioned, joined, label_columns, needs_labels
+from .labels import (
+    check_labels,
+    check_takes_labels,
+    choose_labelled,
+    conditioned,
+    joined,
+    label_columns,
+    labelled_rows,
+    needs_labels,
+)
 
 LABELLED_MODELS = ("ssvae", "cvae")  # built-in models built with the data's class count
 
 
-def classes_of(data) -> int:
-    """The number of classes in the training labels (the largest class + 1), at least 2."""
-    labels = check_labels(data.train.labels, len(data.train), "training data")
+def train_labels(data) -> torch.Tensor:
+    """The training split's labels, checked (:func:`~ppl_vae.labels.check_labels`)."""
+    return check_labels(data.train.labels, len(data.train), "training data")
+
+
+def classes_of(labels: torch.Tensor) -> int:
+    """The number of classes in checked labels (the largest class + 1), at least 2."""
     return max(int(labels.max()) + 1, 2)
 
 
@@ -25,7 +38,7 @@ def with_classes(spec: dict, data) -> dict:
     """``spec`` with the built-in labelled models' ``classes`` set from the data (when it has labels)."""
     if spec.get("model") not in LABELLED_MODELS or data.train.labels is None:
         return spec
-    classes = classes_of(data)
+    classes = classes_of(train_labels(data))
     return {
         **spec,
         "model_kwargs": {"classes": classes, **spec.get("model_kwargs", {})},
@@ -53,7 +66,7 @@ class LabelledRun:
             return {"labelled": "all", "n_labelled": self.train_x.shape[0], "conditional": True}
         if self.train_y is None:
             return None
-        n = int((self.train_y.sum(-1) > 0).sum())
+        n = int(labelled_rows(self.train_y).sum())
         return {"labelled": n, "classes": self.train_y.shape[-1], "aux_weight": getattr(objective, "aux_weight", None)}
 
     def eval_x(self, data, split: str, device) -> torch.Tensor:
@@ -73,8 +86,8 @@ def labelled_run(spec: dict, data, model, guide, train_x: torch.Tensor, seed: in
     if asked is None:
         return LabelledRun(model, guide, train_x, None, data.image_shape)
     check_takes_labels(model, guide)
-    labels = check_labels(data.train.labels, len(data.train), "training data")
-    classes = classes_of(data)
+    labels = train_labels(data)
+    classes = classes_of(labels)
     if conditional:
         pair = conditioned(model, guide, data.x_dim)
         return LabelledRun(*pair, joined(train_x, labels, classes), None, None, joined=True, classes=classes)

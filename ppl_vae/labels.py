@@ -78,10 +78,21 @@ def choose_labelled(labels: torch.Tensor, per_class: int | None, seed: int) -> t
     return mask
 
 
+def one_hot(labels: torch.Tensor, classes: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Classes as one-hot rows, float (of ``like``'s dtype and device where given)."""
+    if like is not None:
+        return torch.nn.functional.one_hot(labels.to(like.device), classes).to(like.dtype)
+    return torch.nn.functional.one_hot(labels, classes).float()
+
+
+def labelled_rows(y: torch.Tensor) -> torch.Tensor:
+    """Which rows of one-hot label columns hold a label (an unlabelled point's row is zeros)."""
+    return y.sum(-1) > 0
+
+
 def label_columns(labels: torch.Tensor, mask: torch.Tensor, classes: int) -> torch.Tensor:
     """One-hot rows for the kept labels, zeros for the others: what follows the pixels in a batch."""
-    onehot = torch.nn.functional.one_hot(labels, classes).float()
-    return onehot * mask.unsqueeze(-1)
+    return one_hot(labels, classes) * mask.unsqueeze(-1)
 
 
 def check_takes_labels(model, guide) -> None:
@@ -125,11 +136,6 @@ def class_log_prob(q, y_onehot: torch.Tensor) -> torch.Tensor:
     return q.log_prob(y_onehot.argmax(-1))
 
 
-def class_probs(q) -> torch.Tensor:
-    """The classifier's class probabilities per point."""
-    return q.probs
-
-
 class LabelledObjective(Wrapping):
     """``objective`` on batches that carry one-hot labels after ``x_dim`` pixel columns (module
     docstring); ``aux_weight`` weighs the classifier's loss per labelled point. Batches of pixels
@@ -142,7 +148,7 @@ class LabelledObjective(Wrapping):
         if batch.shape[-1] == self.x_dim:
             return method(model, guide, batch)
         x, y = batch[..., : self.x_dim], batch[..., self.x_dim :]
-        labelled = y.sum(-1) > 0
+        labelled = labelled_rows(y)
         total = 0.0
         if labelled.any():
             with warnings.catch_warnings():  # given y, a pair may have nothing left to enumerate: expected here
@@ -192,29 +198,10 @@ def classification_error(guide, x: torch.Tensor, labels: torch.Tensor, batch_siz
         q = classifier(guide, xb)
         if q is None:
             return None
-        wrong += (class_probs(q).argmax(-1) != yb).sum().item()
+        wrong += (q.probs.argmax(-1) != yb).sum().item()
         n += xb.shape[0]
     error = wrong / n
     return {"classification_error": error, "classification_error_se": math.sqrt(error * (1 - error) / n), "classification_n": n}
-
-
-__all__ = [
-    "LABEL_SITE",
-    "Conditioned",
-    "conditioned",
-    "joined",
-    "needs_labels",
-    "LabelledObjective",
-    "check_labelled_pair",
-    "check_labels",
-    "choose_labelled",
-    "class_log_prob",
-    "classification_error",
-    "classifier",
-    "kingma_aux_weight",
-    "label_columns",
-    "takes_labels",
-]
 
 
 class Conditioned(torch.nn.Module):
@@ -260,9 +247,31 @@ def label_args(model, x: torch.Tensor) -> tuple:
     classes = getattr(module_of(model) or model, "classes", None)
     if classes is None:
         raise ValueError("a model that needs labels (needs_labels = True) must say how many: set its attribute classes")
-    return (x, torch.nn.functional.one_hot(x.new_zeros(x.shape[0], dtype=torch.long), classes).to(x.dtype))
+    return (x, one_hot(x.new_zeros(x.shape[0], dtype=torch.long), classes, like=x))
 
 
 def joined(x: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
     """``cat([x, one_hot(labels)], -1)``: the data of a :func:`conditioned` pair."""
-    return torch.cat([x, torch.nn.functional.one_hot(labels.to(x.device), classes).to(x.dtype)], -1)
+    return torch.cat([x, one_hot(labels, classes, like=x)], -1)
+
+
+__all__ = [
+    "LABEL_SITE",
+    "Conditioned",
+    "conditioned",
+    "joined",
+    "needs_labels",
+    "LabelledObjective",
+    "check_labelled_pair",
+    "check_labels",
+    "choose_labelled",
+    "class_log_prob",
+    "classification_error",
+    "classifier",
+    "kingma_aux_weight",
+    "label_args",
+    "label_columns",
+    "labelled_rows",
+    "one_hot",
+    "takes_labels",
+]

@@ -13,7 +13,7 @@ from .epoch_log import monitored
 from .faults import NanGuard
 from .global_latents import GlobalScaled, accepts_global, global_sites, refuse
 from .hooks import InitialisedFromData, refresh
-from .labels import LabelledObjective, check_labelled_pair, kingma_aux_weight
+from .labels import LabelledObjective, check_labelled_pair, kingma_aux_weight, labelled_rows
 from .objectives import accepts_point_masses, num_particles
 from .pixels import check_data
 from .step import make_step
@@ -73,7 +73,7 @@ def use_labels(trainer, batches: DeviceBatches, dynamic: bool) -> None:
         raise ValueError(
             f"train_y must be one-hot rows (N, C), one per training point; got {tuple(labels.shape)} for {x.shape[0]} points"
         )
-    labelled = labels.sum(-1) > 0
+    labelled = labelled_rows(labels)
     if not labelled.any():
         raise ValueError("train_y labels no training point (every row is zeros)")
     first = labelled.nonzero()[:2, 0]
