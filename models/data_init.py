@@ -45,7 +45,8 @@ def init_output_bias(
     if not hasattr(likelihood, "output_for_mean"):
         raise ValueError(f"init_output_bias: the likelihood {name} cannot invert its mean (it has no output_for_mean)")
     layer = layer if layer is not None else _last_linear(decoder)
-    if layer.bias is None or layer.bias.numel() != x_train[0].numel():
+    per_dim = getattr(likelihood, "outputs_per_dim", 1)
+    if layer.bias is None or layer.bias.numel() != x_train[0].numel() * per_dim:
         size = 0 if layer.bias is None else layer.bias.numel()
         raise ValueError(
             f"init_output_bias: the output layer's bias has {size} elements and the data {x_train[0].numel()} dimensions: "
@@ -56,7 +57,7 @@ def init_output_bias(
     layer.bias.zero_()
     z0 = torch.zeros(1, z_dim, dtype=layer.bias.dtype, device=layer.bias.device)
     rest = decoder(z0).reshape(-1)  # what the layers below add at z = 0
-    if rest.numel() != mean.numel():
+    if rest.numel() != mean.numel() * per_dim:
         raise ValueError(f"init_output_bias: the decoder gives {rest.numel()} outputs and the data has {mean.numel()} dimensions")
     layer.bias.copy_(likelihood.output_for_mean(mean) - rest)
     return f"{name} decoder: output bias set so that p(x | z=0) has the training data's per-dimension mean (clipped where the likelihood cannot reach it)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 from torch import nn
 
 from ppl_vae.nn import bounded_scale
@@ -79,6 +80,70 @@ class ContinuousBernoulli(nn.Module):
             below = dist.ContinuousBernoulli(logits=mid).mean < target
             low, high = torch.where(below, mid, low), torch.where(below, high, mid)
         return ((low + high) / 2).to(mean.dtype)
+
+
+class _GreyLevels(constraints.Constraint):
+    """Values k/255, k = 0..255 (8-bit grey levels scaled to [0, 1])."""
+
+    is_discrete = True
+
+    def check(self, value):
+        scaled = value * 255
+        return (value >= 0) & (value <= 1) & ((scaled - scaled.round()).abs() < 1e-3)
+
+    def __repr__(self):
+        return "GreyLevels(k/255)"
+
+
+GREY_LEVELS = _GreyLevels()
+
+
+class GreyLevelsDistribution(dist.TorchDistribution):
+    """Independent 256-way categoricals over grey levels k/255: ``logits`` ``(..., D, 256)``, event ``(D,)``."""
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.independent(GREY_LEVELS, 1)
+
+    def __init__(self, logits: torch.Tensor, validate_args=None):
+        self.logits = logits
+        super().__init__(logits.shape[:-2], logits.shape[-2:-1], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return GreyLevelsDistribution(self.logits.expand(torch.Size(batch_shape) + self.logits.shape[-2:]))
+
+    def log_prob(self, value):
+        level = (value * 255).round().long().clamp(0, 255)
+        log_p = torch.log_softmax(self.logits, -1)
+        batch = torch.broadcast_shapes(value.shape, log_p.shape[:-1])
+        return log_p.expand(batch + (256,)).gather(-1, level.expand(batch).unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return dist.Categorical(logits=self.logits).sample(sample_shape).to(self.logits.dtype) / 255
+
+    @property
+    def mean(self):
+        return (torch.softmax(self.logits, -1) * torch.arange(256, dtype=self.logits.dtype, device=self.logits.device)).sum(-1) / 255
+
+
+class Categorical256(nn.Module):
+    """``x_i`` one of 256 grey levels k/255, a categorical per pixel: 256 decoder outputs each, laid
+    out channel-major (output ``l * D + i`` is level l's logit at pixel i, as a conv decoder gives)."""
+
+    outputs_per_dim = 256
+
+    def __init__(self, x_dim: int):
+        super().__init__()
+
+    def forward(self, out: torch.Tensor):
+        return GreyLevelsDistribution(out.reshape(out.shape[:-1] + (256, -1)).transpose(-1, -2))
+
+    def output_for_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        """Logits putting mass 1 - m on level 0 and m on level 255 (the rest negligible: e^-30)."""
+        m = clip_mean(mean)
+        logits = torch.full(m.shape + (256,), -30.0, dtype=m.dtype, device=m.device)
+        logits[..., 0], logits[..., 255] = torch.log1p(-m), torch.log(m)
+        return logits.transpose(-1, -2).reshape(m.shape[:-1] + (-1,))
 
 
 def make_likelihood(name: str, x_dim: int) -> nn.Module:

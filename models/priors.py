@@ -154,7 +154,18 @@ class ACNPrior(_GuideReader):
 
     def refresh(self, x_train: torch.Tensor) -> None:
         """Recompute the bank of training codes (called by the trainer at every epoch start)."""
+        if x_train.shape[0] <= self.num_neighbours:
+            raise ValueError(
+                f"the acn prior's K={self.num_neighbours} neighbours need more training points than K (a point's own "
+                f"code is not its neighbour); the training data has {x_train.shape[0]}: lower --acn-neighbours"
+            )
         self.codes = self.encode(x_train)
+
+    @torch.no_grad()
+    def sample_marginal(self, n: int) -> torch.Tensor:
+        """n draws of the prior as trained, mixed over the bank: c a random training code, z ~ p(z | c)."""
+        c = self.codes[torch.randint(self.codes.shape[0], (n,), device=self.codes.device)]
+        return self.conditional(c).sample()
 
     @torch.no_grad()
     def neighbours(self, codes: torch.Tensor, exclude_nearest: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,9 +21,12 @@ from ppl_vae import hooks
 from ppl_vae.nn import ConvDecoder, make_decoder
 from ppl_vae.registry import PRIORS
 
+from .autoregressive import PixelCNNLikelihood
 from .data_init import init_output_bias
 from .likelihoods import make_likelihood
 from .priors import ACNPrior
+
+DECODERS = ("factorized", "pixelcnn")
 
 
 class VAE(nn.Module):
@@ -37,6 +40,10 @@ class VAE(nn.Module):
             or ``"continuous_bernoulli"`` (intensities in [0, 1]).
         prior: ``"normal"``, ``"vamp"``, ``"flow"`` or ``"acn"``; ``prior_kwargs`` go to it.
         network: ``"mlp"`` or ``"conv"`` (28x28 images) decoder.
+        decoder: ``"factorized"`` (the network's outputs are p(x | z)'s parameters, pixels
+            independent given z) or ``"pixelcnn"`` (the outputs condition a PixelCNN over the
+            pixels, :mod:`ppl_vae.models.autoregressive`; ``pixelcnn`` holds its channels, layers
+            and cond_channels; needs ``image_shape``).
 
     >>> model = VAE(x_dim=784, z_dim=10)
     >>> # model(x) is the Pyro model; pair it with guides.MeanFieldGuide(784, 10)
@@ -52,12 +59,22 @@ class VAE(nn.Module):
         prior: str = "normal",
         prior_kwargs: dict | None = None,
         network: str = "mlp",
+        decoder: str = "factorized",
+        pixelcnn: dict | None = None,
+        image_shape: Sequence[int] | None = None,
     ):
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(PRIORS.unknown(prior))
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder '{decoder}'; known: {', '.join(DECODERS)}")
+        if pixelcnn and decoder != "pixelcnn":
+            raise ValueError("pixelcnn options describe the PixelCNN decoder: give decoder='pixelcnn' too")
         self.x_dim, self.z_dim = x_dim, z_dim
-        self.likelihood = make_likelihood(likelihood, x_dim)
+        if decoder == "pixelcnn":
+            self.likelihood = PixelCNNLikelihood(x_dim, image_shape, likelihood, **(pixelcnn or {}))
+        else:
+            self.likelihood = make_likelihood(likelihood, x_dim)
         self.decoder = make_decoder(
             network, z_dim, list(reversed(list(hidden))), x_dim * self.likelihood.outputs_per_dim, activation
         )
@@ -78,6 +95,8 @@ class VAE(nn.Module):
         """The decoder's output bias from the data (:func:`~ppl_vae.models.data_init.init_output_bias`)."""
         if isinstance(self.decoder, ConvDecoder):
             return "not applied: the conv decoder's last layer has one bias per channel, not one per pixel"
+        if isinstance(self.likelihood, PixelCNNLikelihood):
+            return "not applied: the PixelCNN decoder's output layer has one bias per level, not one per pixel"
         return init_output_bias(self.decoder, x_train, self.z_dim, self.likelihood)
 
     def forward(self, x: torch.Tensor) -> None:
@@ -88,7 +107,9 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood(self.decoder(z)).mean
+        """The mean of p(x | z); one draw for a PixelCNN decoder (no closed-form mean)."""
+        p = self.likelihood(self.decoder(z))
+        return p.sample() if getattr(self.likelihood, "autoregressive", False) else p.mean
 
     @torch.no_grad()
     def sample_images(self, n: int, like: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,11 @@ The aggregate posterior is :math:`q(z) = \frac{1}{N}\sum_n q(z \mid x_n)`. The r
     \mathbb{E}_{x}\,\mathrm{KL}(q(z \mid x)\,\|\,p(z)) = I_q(x; z) + \mathrm{KL}(q(z)\,\|\,p(z)),
 
 the information the code carries about x plus the mismatch of q(z) with the prior.
-The tests compare one draw of z per data point (a sample of q(z)) with N(0, I): MMD
-with a permutation p-value, Mardia's skewness and kurtosis, and Kolmogorov–Smirnov
+The tests compare one draw of z per data point (a sample of q(z)) with the model's prior. Against
+N(0, I): MMD with a permutation p-value, Mardia's skewness and kurtosis, and Kolmogorov–Smirnov
 tests of the radii ||z|| and of pairwise distances ||z_i - z_j|| / sqrt(2), both
-chi-distributed with d degrees of freedom under N(0, I).
+chi-distributed with d degrees of freedom under N(0, I). Against any other prior (VampPrior,
+flow, ACN): the same MMD and KS statistics as two-sample tests against draws of that prior.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from scipy import stats
 
@@ -148,24 +151,24 @@ def _surgery(rate: torch.Tensor, info: torch.Tensor, samples_per_point: int, n: 
 # --------------------------------------------------------------------------- tests against N(0, I)
 
 
-def mmd_test(z: torch.Tensor, permutations: int = 200, seed: int = 0) -> dict:
-    """MMD between z and as many N(0, I) draws, p-value by permutation (bandwidth sqrt(d)).
+def mmd_test(z: torch.Tensor, permutations: int = 200, seed: int = 0, reference: torch.Tensor | None = None) -> dict:
+    """MMD between z and as many draws of the prior (``reference``; default N(0, I)), p-value by
+    permutation (bandwidth sqrt(d)).
 
     With the pooled kernel matrix K, the biased MMD^2 of a split is s^T K s, s = +1/n on one
     half and -1/n on the other: one matrix product scores every permutation (a loop of
     small products stalls when torch's threads share busy cores)."""
     gen = torch.Generator().manual_seed(seed)
     z = z.detach().double().cpu()
-    ref = torch.randn(z.shape, generator=gen, dtype=torch.float64)
+    ref = torch.randn(z.shape, generator=gen, dtype=torch.float64) if reference is None else reference.detach().double().cpu()
     h = math.sqrt(z.shape[1])
     pooled = torch.cat([z, ref])
     k = torch.exp(-torch.cdist(pooled, pooled).pow(2) / (2 * h**2))
-    n = z.shape[0]
-    split = torch.full((2 * n,), 1.0 / n, dtype=torch.float64)
-    split[n:] = -1.0 / n  # the observed split
+    n, m = z.shape[0], ref.shape[0]
+    split = torch.cat([torch.full((n,), 1.0 / n, dtype=torch.float64), torch.full((m,), -1.0 / m, dtype=torch.float64)])
     signs = split.repeat(permutations + 1, 1)
     for i in range(1, permutations + 1):
-        signs[i, torch.randperm(2 * n, generator=gen)] = split
+        signs[i, torch.randperm(n + m, generator=gen)] = split
     mmd2 = ((signs @ k) * signs).sum(1)
     observed = mmd2[0]
     count = int((mmd2[1:] >= observed).sum())
@@ -192,22 +195,59 @@ def mardia_tests(z: torch.Tensor) -> dict:
     }
 
 
-def radius_tests(z: torch.Tensor) -> dict:
-    """KS tests of ||z|| and of ||z_i - z_j|| / sqrt(2) over disjoint pairs against chi(d)."""
-    x = z.detach().double().cpu().numpy()
-    n, d = x.shape
-    radii = np.linalg.norm(x, axis=1)
-    half = n // 2
-    pair = np.linalg.norm(x[:half] - x[half : 2 * half], axis=1) / math.sqrt(2)
-    chi = stats.chi(d)
+def radius_tests(z: torch.Tensor, reference: torch.Tensor | None = None) -> dict:
+    """KS tests of ||z|| and of ||z_i - z_j|| / sqrt(2) over disjoint pairs: against chi(d) (the
+    N(0, I) prior), or two-sample against the same statistics of ``reference`` (draws of the prior)."""
+
+    def statistics(points):
+        x = points.detach().double().cpu().numpy()
+        half = x.shape[0] // 2
+        return np.linalg.norm(x, axis=1), np.linalg.norm(x[:half] - x[half : 2 * half], axis=1) / math.sqrt(2)
+
+    radii, pair = statistics(z)
+    if reference is None:
+        chi = stats.chi(z.shape[1])
+        radius, pairwise = stats.kstest(radii, chi.cdf), stats.kstest(pair, chi.cdf)
+    else:
+        ref_radii, ref_pair = statistics(reference)
+        radius, pairwise = stats.ks_2samp(radii, ref_radii), stats.ks_2samp(pair, ref_pair)
     return {
-        "radius_ks": float(stats.kstest(radii, chi.cdf).statistic),
-        "radius_p_value": float(stats.kstest(radii, chi.cdf).pvalue),
-        "pairwise_ks": float(stats.kstest(pair, chi.cdf).statistic),
-        "pairwise_p_value": float(stats.kstest(pair, chi.cdf).pvalue),
+        "radius_ks": float(radius.statistic),
+        "radius_p_value": float(radius.pvalue),
+        "pairwise_ks": float(pairwise.statistic),
+        "pairwise_p_value": float(pairwise.pvalue),
     }
 
 
-def prior_match_tests(z: torch.Tensor, permutations: int = 200, seed: int = 0) -> dict:
-    """Every test of z against N(0, I), each with its p-value (small: q(z) is not the prior)."""
-    return {**mmd_test(z, permutations, seed), **mardia_tests(z), **radius_tests(z), "n": z.shape[0], "dim": z.shape[1]}
+def prior_match_tests(z: torch.Tensor, permutations: int = 200, seed: int = 0, reference: torch.Tensor | None = None) -> dict:
+    """Every test of z against the prior, each with its p-value (small: q(z) is not the prior).
+
+    ``reference``: draws of the model's own prior where it is not N(0, I) (two-sample MMD and KS
+    tests; Mardia's tests of normality then do not apply and are left out)."""
+    against = {"against": "N(0, I)" if reference is None else "the model's prior (draws)"}
+    normal = mardia_tests(z) if reference is None else {}
+    return {
+        **mmd_test(z, permutations, seed, reference),
+        **normal,
+        **radius_tests(z, reference),
+        **against,
+        "n": z.shape[0],
+        "dim": z.shape[1],
+    }
+
+
+@torch.no_grad()
+def prior_draws(model, guide, x: torch.Tensor) -> torch.Tensor | None:
+    """One draw of the model's own prior of its latent site per point of ``x``, ``(N, d)``; None where
+    that prior is N(0, I) (the closed-form tests apply). A prior conditioned on other codes (ACN) is
+    drawn as trained: a random training code c, then z ~ p(z | c) (its ``sample_marginal``)."""
+    _, name = _single_latent(model, guide, x[:2])
+    prior = getattr(model, "prior", None)
+    if hasattr(prior, "sample_marginal"):
+        return prior.sample_marginal(x.shape[0]).reshape(x.shape[0], -1)
+    site = poutine.trace(model).get_trace(x).nodes[name]  # the model alone draws its latents from the prior
+    fn = site["fn"]
+    base = fn.base_dist if isinstance(fn, dist.Independent) else fn
+    if isinstance(base, dist.Normal) and bool((base.loc == 0).all()) and bool((base.scale == 1).all()):
+        return None
+    return site["value"].reshape(x.shape[0], -1)

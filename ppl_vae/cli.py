@@ -81,7 +81,7 @@ def cmd_compare(args) -> int:
         force=args.force,
         **plan,
     )
-    print(markdown_table(rows, columns_for(rows, args.preset == "aggregate")))
+    print(markdown_table(rows, columns_for(rows, args.preset == "aggregate", args.preset == "collapse")))
     folder = Path(args.out)
     print(f"wrote {folder / 'compare.md'}, compare.csv, compare.json, compare.html, validation_curves.png, rate_distortion.png")
     return 0 if any(r["status"] == "ok" for r in rows) else 1

@@ -57,6 +57,12 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         choices=BINARIZE_MODES,
         help="dynamic: resample binary pixels each epoch (test set binarised once, fixed seed); fixed: binarise once; none: keep intensities (default: dynamic)",
     )
+    p.add_argument(
+        "--eval-n",
+        type=int,
+        default=None,
+        help="validate and score on the first N validation and test points only (a quicker, noisier score; default: all)",
+    )
     _add_label_options(p)
 
 

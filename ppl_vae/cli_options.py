@@ -75,6 +75,7 @@ def _add_network_options(p: argparse.ArgumentParser) -> None:
         choices=["mlp", "conv"],
         help="encoder and decoder networks of the vae model and its guide; conv needs 28x28 images (default: mlp)",
     )
+    _add_decoder_and_prior_options(p)
     p.add_argument(
         "--z-dims",
         type=_int_list,
@@ -88,6 +89,28 @@ def _add_network_options(p: argparse.ArgumentParser) -> None:
         type=_int_list,
         default=None,
         help="hidden widths of encoder (x upward) and decoder (mirrored), e.g. 400,200 (default: 400)",
+    )
+
+
+def _add_decoder_and_prior_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--decoder",
+        default=None,
+        choices=["factorized", "pixelcnn"],
+        help="p(x|z) of the vae model: factorized (pixels independent given z) or pixelcnn (a gated PixelCNN over the "
+        "pixels, conditioned on a map the --network computes from z; bernoulli or categorical256 likelihood, image data) "
+        "(default: factorized)",
+    )
+    p.add_argument("--pixelcnn-layers", type=int, default=None, help="gated blocks of the PixelCNN decoder (default: 5)")
+    p.add_argument("--pixelcnn-channels", type=int, default=None, help="channels of the PixelCNN decoder (default: 32)")
+    p.add_argument(
+        "--acn-neighbours",
+        type=int,
+        default=None,
+        help="K of the acn prior: each code's prior is conditioned on one of its K nearest training codes (default: 5)",
+    )
+    p.add_argument(
+        "--acn-hidden", type=_int_list, default=None, help="hidden widths of the acn prior network, e.g. 512,512 (default: 256)"
     )
 
 
@@ -261,9 +284,11 @@ def _add_compare(sub) -> None:
     c.add_argument(
         "--preset",
         default=None,
-        choices=["aggregate"],
+        choices=["aggregate", "collapse"],
         help="a ready comparison instead of --objectives/--guides: aggregate = VAE, beta-VAE, InfoVAE, WAE-MMD, SWAE, CWAE "
-        "and a sparse AE, with reconstruction error, log p(x) where defined, tests of q(z) against N(0, I) and figures",
+        "and a sparse AE, with reconstruction error, log p(x) where defined, tests of q(z) against N(0, I) and figures; "
+        "collapse = {MLP, PixelCNN decoder} x {N(0,I) prior, VampPrior, free bits, ACN prior} with KL, active units, "
+        "the k-NN accuracy of the codes and ACN's ordered coding cost (--pixelcnn-* and --acn-* size their rows)",
     )
     c.add_argument(
         "--objectives",

@@ -141,6 +141,7 @@ def compare(
     if resume:
         check_resumable(runs, out)
     aggregate = preset == "aggregate"
+    codes = preset == "collapse"
     options = {"test_k": test_k, "resume": resume, "aggregate_tests": aggregate or q_tests, "data": data, "force": force}
     results: dict[int, dict] = {}
     try:
@@ -154,10 +155,10 @@ def compare(
                     print(run.config.label, flush=True)
                 results[i] = run_one(run, **options)
     except KeyboardInterrupt:
-        write_reports(rows_of(plan, runs, results, seeds, interrupted=True), out, aggregate, q_tests)
+        write_reports(rows_of(plan, runs, results, seeds, interrupted=True), out, aggregate, q_tests, codes)
         raise
     rows = rows_of(plan, runs, results, seeds)
-    write_reports(rows, out, aggregate, q_tests)
+    write_reports(rows, out, aggregate, q_tests, codes)
     return rows
 
 
@@ -172,8 +173,10 @@ def run_one(run: Run, test_k: int, resume: bool, aggregate_tests: bool, data=Non
             again = resume and (Path(run.config.out) / CHECKPOINT_NAME).exists()
             options = {"test_k": test_k, "resume": again, "aggregate_tests": aggregate_tests, "data": data, "force": force}
             result = train_and_report(run.spec, run.config, **options)
-        keep = ("history", "pictures", "prior_match", "classification_error", *PER_POINT)
+        keep = ("history", "pictures", "prior_match", "classification_error", "code_knn", "ordered_coding", *PER_POINT)
         row.update({k: result[k] for k, _ in [*COLUMNS, *AGGREGATE_COLUMNS] if k in result}, status="ok")
+        row.update(knn_accuracy=(result.get("code_knn") or {}).get("knn_accuracy"))
+        row.update(ordered_coding_cost=(result.get("ordered_coding") or {}).get("ordered_coding_cost"))
         row.update({k: result.get(k) for k in keep}, objective_resolved=result.get("objective_resolved"))
         row.update(result.get("prior_match") or {})
         if result.get("log_px_note"):

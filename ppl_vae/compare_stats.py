@@ -24,7 +24,8 @@ import numpy as np
 
 # metric -> (per-point key in a run's result, +1 if higher is better, -1 if lower is)
 PAIRED = {"log_px": ("log_px_per_point", 1.0), "test_distortion": ("distortion_per_point", -1.0)}
-SUMMED = ("log_px", "log_px_se", "test_elbo", "test_rate", "test_distortion", "active_units", "seconds_per_epoch")
+SUMMED = ("log_px", "log_px_se", "test_elbo", "test_rate", "test_distortion", "active_units", "seconds_per_epoch",
+          "knn_accuracy", "ordered_coding_cost")  # fmt: skip
 
 
 def spread(values: list[float]) -> tuple[float, float]:

@@ -35,7 +35,7 @@ AGGREGATE_COLUMNS = [
     ("log_px", "test log p(x)"),
     ("log_px_se", "± SE"),
     ("active_units", "active units"),
-    ("mmd2", "MMD² to N(0,I)"),
+    ("mmd2", "MMD² to the prior"),
     ("p_value", "MMD p"),
     ("skewness_p_value", "Mardia skew p"),
     ("kurtosis_p_value", "Mardia kurt p"),
@@ -44,6 +44,19 @@ AGGREGATE_COLUMNS = [
     ("seconds_per_epoch", "s/epoch"),
 ]
 
+CODE_COLUMNS = [  # compare --preset collapse
+    ("variant", "variant"),
+    ("status", "status"),
+    ("log_px", "test log p(x) (ACN: coding cost)"),
+    ("log_px_se", "± SE"),
+    ("k", "K"),
+    ("test_rate", "KL (rate)"),
+    ("test_distortion", "distortion"),
+    ("active_units", "active units"),
+    ("ordered_coding_cost", "ordered coding cost"),
+    ("knn_accuracy", "k-NN accuracy"),
+    ("seconds_per_epoch", "s/epoch"),
+]
 CLASSIFICATION = ("classification_error", "test classification error")  # a column where a guide has a classifier
 NO_SPREAD = ("log_px_se",)  # an SE's own spread over seeds says nothing a reader needs
 DELTAS = [
@@ -52,9 +65,10 @@ DELTAS = [
 ]
 
 
-def columns_for(rows: list[dict], aggregate: bool = False) -> list[tuple[str, str]]:
-    """The table's columns: the preset's or the default, with the paired differences where a row has them."""
-    base = AGGREGATE_COLUMNS if aggregate else COLUMNS
+def columns_for(rows: list[dict], aggregate: bool = False, codes: bool = False) -> list[tuple[str, str]]:
+    """The table's columns: the preset's or the default, with the paired differences where a row has them.
+    ``codes``: the collapse preset's (the k-NN accuracy of the codes, ACN's ordered coding cost)."""
+    base = AGGREGATE_COLUMNS if aggregate else CODE_COLUMNS if codes else COLUMNS
     classifier = [CLASSIFICATION] if any(r.get(CLASSIFICATION[0]) is not None for r in rows) else []
     extra = [c for c in DELTAS if any(c[0] in r for r in rows[1:])]
     return base + classifier + extra
@@ -80,6 +94,8 @@ def _cell(row: dict, key: str) -> str:
         return row["log_px_note"]
     if value is None:
         return ""
+    if key == "knn_accuracy":
+        return f"{100 * value:.1f}%"
     if key.endswith("p_value") or key == "mmd2":
         return f"{value:.3g}"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
@@ -92,10 +108,12 @@ def markdown_table(rows: list[dict], columns=None) -> str:
     return "\n".join(lines)
 
 
-def write_reports(rows: list[dict], out: Path, aggregate: bool = False, q_tests: bool = False) -> dict[str, Path]:
+def write_reports(
+    rows: list[dict], out: Path, aggregate: bool = False, q_tests: bool = False, codes: bool = False
+) -> dict[str, Path]:
     """Every report of the comparison into ``out``; returns their paths by kind. The aggregate preset
-    and ``q_tests`` show the tests of q(z) against the prior as columns."""
-    columns = columns_for(rows, aggregate or q_tests)
+    and ``q_tests`` show the tests of q(z) against the prior as columns; ``codes`` the collapse preset's."""
+    columns = columns_for(rows, aggregate or q_tests, codes)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": write_json({"rows": rows}, out / "compare.json"), "md": out / "compare.md", "csv": out / "compare.csv"}
     paths["md"].write_text(markdown_table(rows, columns) + "\n")

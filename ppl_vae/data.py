@@ -260,14 +260,16 @@ def load_dataset(
 
 
 def dataset_of(spec: dict) -> Dataset:
-    """The data set a run's spec names (``dataset``, ``data_dir``, ``binarize``, ``scale``)."""
-    return load_dataset(
+    """The data set a run's spec names (``dataset``, ``data_dir``, ``binarize``, ``scale``), its
+    validation and test splits cut to their first ``eval_n`` points where the spec says so."""
+    data = load_dataset(
         spec["dataset"],
         spec.get("data_dir"),
         spec.get("binarize", "dynamic"),
         spec.get("scale", "auto"),
         spec.get("layout", "auto"),
     )
+    return data.subset(None, spec["eval_n"]) if spec.get("eval_n") else data
 
 
 def train_x_of(data: Dataset) -> tuple[torch.Tensor, bool]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pyro.poutine as poutine
 import torch
 
-from .sites import found_one_at_a_time, guess_max_plate_nesting, site_terms
+from .sites import found_one_at_a_time, guess_max_plate_nesting, site_terms, vectorized
 
 
 def _batches(x: torch.Tensor, batch_size: int):
@@ -57,17 +58,20 @@ def posterior_moments(model, guide, x: torch.Tensor, k: int = 50, batch_size: in
     mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
     out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     one_at_a_time = found_one_at_a_time(model, guide, x)
+    latent = None if one_at_a_time else site_terms(model, guide, x[:1], max_plate_nesting=mpn).latent
+    particle_dim = -mpn - 1
     for xb in _batches(x, batch_size):
         if one_at_a_time:
             for name, moments in _moments_one_at_a_time(model, guide, xb, k, mpn).items():
                 out.setdefault(name, []).append(moments)
             continue
-        t = site_terms(model, guide, xb, num_particles=k, max_plate_nesting=mpn)
-        for name in t.latent:
-            site = t.guide_trace.nodes[name]
+        # the guide alone: the moments are q's, and the model's likelihood (a PixelCNN's, say) costs k passes
+        trace = poutine.trace(vectorized(guide, k, particle_dim)).get_trace(xb)
+        for name in latent:
+            site = trace.nodes[name]
             value, batch_dims = site["value"], site["value"].dim() - site["fn"].event_dim
             data_dim = next(f.dim for f in site["cond_indep_stack"] if f.name == "data")
-            p_axis, d_axis = batch_dims + t.particle_dim, batch_dims + data_dim
+            p_axis, d_axis = batch_dims + particle_dim, batch_dims + data_dim
             try:  # a later site's moments are conditional on earlier draws: Var = E Var(.|draws) + Var E(.|draws)
                 mean, var = site["fn"].mean.expand(value.shape), site["fn"].variance.expand(value.shape)
                 var = var.mean(p_axis, keepdim=True) + mean.var(p_axis, keepdim=True, correction=0)

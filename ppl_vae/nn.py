@@ -103,11 +103,12 @@ def make_encoder(network: str, x_dim: int, hidden: Sequence[int], out_dim: int, 
 
 
 def make_decoder(network: str, z_dim: int, hidden: Sequence[int], x_dim: int, activation: str = "relu") -> nn.Module:
-    """``"mlp"`` or ``"conv"`` network from codes to ``x_dim`` outputs (``hidden`` from z upward)."""
+    """``"mlp"`` or ``"conv"`` network from codes to ``x_dim`` outputs (``hidden`` from z upward); the
+    conv network gives ``x_dim / 784`` channels of a 28x28 map (channel-major when flattened)."""
     if network == "mlp":
         return MLP(z_dim, hidden, x_dim, activation)
     if network == "conv":
-        if x_dim != 784:
+        if x_dim % 784:
             raise ValueError(f"network='conv' needs 28x28 images (x_dim=784), got x_dim={x_dim}")
-        return ConvDecoder(z_dim)
+        return ConvDecoder(z_dim, out_channels=x_dim // 784)
     raise ValueError(f"unknown network '{network}'; known: mlp, conv")

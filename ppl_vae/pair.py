@@ -7,6 +7,7 @@ The spec of a run (data set, model, guide and their options) is stored in the ch
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ def build_pair(spec: dict[str, Any], x_dim: int, image_shape=None):
         if is_file_ref(model_name):
             model = load_user_callable(model_name, x_dim, image_shape, shared)
         else:
-            model = MODELS[model_name](x_dim=x_dim, **spec.get("model_kwargs", {}))
+            kwargs = dict(spec.get("model_kwargs", {}))
+            if image_shape is not None and "image_shape" in inspect.signature(MODELS[model_name]).parameters:
+                kwargs.setdefault("image_shape", tuple(image_shape))  # what a PixelCNN decoder runs over
+            model = MODELS[model_name](x_dim=x_dim, **kwargs)
         if is_file_ref(guide_name):
             guide = load_user_callable(guide_name, x_dim, image_shape, shared)
         else:

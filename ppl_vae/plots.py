@@ -1,7 +1,8 @@
 """Pictures read from traces: reconstructions and samples for any model with an observed site.
 
-The mean of the observed site's distribution is what is drawn, so no likelihood is
-special-cased here: the model says what p(x | z) is.
+The mean of the observed site's distribution is what is drawn (one draw where it has no
+closed-form mean, a PixelCNN's), so no likelihood is special-cased here: the model says what
+p(x | z) is.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ def _observed_mean(trace) -> torch.Tensor:
     for released_only in (True, False):
         for site in sites:
             if site["infer"].get("was_observed") or (not released_only and site["is_observed"]):
-                return site["fn"].mean
+                try:
+                    return site["fn"].mean
+                except NotImplementedError:  # an autoregressive likelihood (PixelCNN): one draw
+                    return site["fn"].sample()
     raise ValueError("the model has no observed site to draw")
 
 

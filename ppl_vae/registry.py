@@ -125,6 +125,7 @@ LIKELIHOODS = Registry(
         "bernoulli": "ppl_vae.models.likelihoods:Bernoulli",
         "gaussian": "ppl_vae.models.likelihoods:Gaussian",
         "continuous_bernoulli": "ppl_vae.models.likelihoods:ContinuousBernoulli",
+        "categorical256": "ppl_vae.models.likelihoods:Categorical256",
     },
 )
 _F = "ppl_vae.objectives.factories"

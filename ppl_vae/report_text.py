@@ -43,6 +43,8 @@ def report_rows(r: dict) -> list[Row]:
     rows += [_sigma_row(r)] if "encoder_sigma" in r else []
     later = (
         ("classification_error", _classification_row),
+        ("code_knn", _knn_row),
+        ("ordered_coding", _ordered_row),
         ("surgery", _split_row),
         ("prior_match", _prior_match_row),
         ("posterior_correlation", _correlation_row),
@@ -147,6 +149,23 @@ def _elbo_row(r: dict) -> Row:
     return Row("test ELBO", value, note)
 
 
+def _knn_row(r: dict) -> Row:
+    c = r["code_knn"]
+    value = f"{100 * c['knn_accuracy']:.2f}% ± {100 * c['knn_accuracy_se']:.2f}% ({c['k']}-NN over {c['points']} test codes)"
+    note = f"each code (posterior mean) labelled by its {c['k']} nearest other test codes; the majority class is {100 * c['majority_class']:.1f}%"
+    return Row("k-NN accuracy of the codes", value, note)
+
+
+def _ordered_row(r: dict) -> Row:
+    o = r["ordered_coding"]
+    value = f"{o['ordered_coding_cost']:.2f} nats/image (rate {o['ordered_rate']:.2f} + distortion {o['distortion']:.2f})"
+    note = (
+        f"the test set sent in one tour ({o['tour']}); the first code costs {o['first_code_nats']:.2f} nats under N(0, I), "
+        "included"
+    )
+    return Row("ordered coding cost (ACN)", value, note)
+
+
 def _classification_row(r: dict) -> Row:
     value = f"{100 * r['classification_error']:.2f}% ± {100 * r['classification_error_se']:.2f}% ({r['classification_n']} points)"
     note = "the guide's classifier q(y|x) (its site 'y'), its most probable class against the test labels; SE binomial"
@@ -198,22 +217,25 @@ def _split_row(r: dict) -> Row:
 
 def _prior_match_row(r: dict) -> Row:
     m = r["prior_match"]
+    against = m.get("against", "N(0, I)")
+    label = "q(z) vs N(0,I): p-values" if against == "N(0, I)" else "q(z) vs its prior: p-values"
     if "skipped" in m:
-        return Row("q(z) vs N(0,I): p-values", m["skipped"], "")
-    ps = [m["p_value"], m["skewness_p_value"], m["kurtosis_p_value"], m["radius_p_value"], m["pairwise_p_value"]]
-    value = (
-        f"MMD {_p(ps[0])} (MMD² {_p(m['mmd2'])}), Mardia skew {_p(ps[1])}, kurtosis {_p(ps[2])}, radii {_p(ps[3])}, "
-        f"pairwise {_p(ps[4])} ({m['n']} points)"
-    )
-    rejected = sum(p < 0.05 for p in ps)
+        return Row(label, m["skipped"], "")
+    tests = [("MMD", "p_value"), ("Mardia skew", "skewness_p_value"), ("kurtosis", "kurtosis_p_value"),
+             ("radii", "radius_p_value"), ("pairwise", "pairwise_p_value")]  # fmt: skip
+    ps = [(name, m[key]) for name, key in tests if key in m]
+    parts = [f"{name} {_p(p)}" + (f" (MMD² {_p(m['mmd2'])})" if name == "MMD" else "") for name, p in ps]
+    value = ", ".join(parts) + f" ({m['n']} points)"
+    rejected = sum(p < 0.05 for _, p in ps)
+    prior = "N(0, I)" if against == "N(0, I)" else "the prior"
     verdict = (
-        f"{rejected} of 5 tests reject N(0, I) at 5%: samples drawn from the prior will decode from regions the decoder "
-        "rarely saw"
+        f"{rejected} of {len(ps)} tests reject {prior} at 5%: samples drawn from the prior will decode from regions the "
+        "decoder rarely saw"
         if rejected
-        else "no test rejects N(0, I) at 5%"
+        else f"no test rejects {prior} at 5%"
     )
-    note = f"tests of one z ~ q(z|x) per point against N(0, I); {verdict}. With many points tiny mismatches are rejected too"
-    return Row("q(z) vs N(0,I): p-values", value, note)
+    note = f"tests of one z ~ q(z|x) per point against {against}; {verdict}. With many points tiny mismatches are rejected too"
+    return Row(label, value, note)
 
 
 def _correlation_row(r: dict) -> Row:

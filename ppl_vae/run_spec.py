@@ -12,7 +12,8 @@ from .registry import LOCAL_DATASETS
 
 # the options each built-in model takes (with a built-in guide); any other of these, given, is refused
 MODEL_OPTIONS = {
-    "vae": ("z_dim", "hidden", "prior", "likelihood", "network"),
+    "vae": ("z_dim", "hidden", "prior", "likelihood", "network", "decoder", "pixelcnn_layers", "pixelcnn_channels",
+            "acn_neighbours", "acn_hidden"),
     "hierarchical": ("z_dims", "hidden", "prior", "likelihood"),
     "linear_gaussian": ("z_dim", "hidden"),
     "sbn": ("z_dims",),
@@ -20,7 +21,8 @@ MODEL_OPTIONS = {
     "cvae": ("z_dim", "hidden"),
 }
 GUIDE_OPTIONS = ("z_dim", "hidden", "network")  # a built-in one-layer guide beside a user's own model
-DEFAULTS = {"z_dim": 10, "hidden": [400], "prior": "normal", "likelihood": "bernoulli", "network": "mlp", "z_dims": None}
+DEFAULTS = {"z_dim": 10, "hidden": [400], "prior": "normal", "likelihood": "bernoulli", "network": "mlp", "z_dims": None,
+            "decoder": "factorized", "pixelcnn_layers": 5, "pixelcnn_channels": 32, "acn_neighbours": 5, "acn_hidden": [256]}
 
 
 def _flag(name: str) -> str:
@@ -77,15 +79,52 @@ def model_options(args) -> dict:
     if _given(args, "network") != "mlp":
         guide_kwargs["network"] = args.network
     model_kwargs = (
-        {**guide_kwargs, "likelihood": _given(args, "likelihood"), "prior": _given(args, "prior")}
+        {**guide_kwargs, "likelihood": _given(args, "likelihood"), "prior": _given(args, "prior"), **_vae_extras(args)}
         if args.model == "vae"
         else {"z_dim": guide_kwargs["z_dim"]}
     )
     return {"guide": args.guide or "mean_field", "model_kwargs": model_kwargs, "guide_kwargs": guide_kwargs}
 
 
+def _vae_extras(args) -> dict:
+    """The decoder's and the ACN prior's options, where given (a run without them keeps the spec it had)."""
+    extras: dict = {}
+    if args.decoder is not None and args.decoder != "factorized":
+        extras["decoder"] = args.decoder
+        sizes = {"layers": args.pixelcnn_layers, "channels": args.pixelcnn_channels}
+        if any(v is not None for v in sizes.values()):
+            extras["pixelcnn"] = {k: v for k, v in sizes.items() if v is not None}
+    acn = {"num_neighbours": args.acn_neighbours, "hidden": args.acn_hidden}
+    if any(v is not None for v in acn.values()):
+        extras["prior_kwargs"] = {k: v for k, v in acn.items() if v is not None}
+    return extras
+
+
+def _check_decoder_and_prior_options(args) -> None:
+    for name in ("pixelcnn_layers", "pixelcnn_channels", "acn_neighbours"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "pixelcnn_layers" else 1):
+            raise ValueError(f"{_flag(name)} must be {'0 or more' if name == 'pixelcnn_layers' else 'at least 1'}, got {value}")
+    if args.acn_hidden is not None and any(h < 1 for h in args.acn_hidden):
+        raise ValueError(f"--acn-hidden widths must be positive, got {','.join(map(str, args.acn_hidden))}")
+    collapse = getattr(args, "preset", None) == "collapse"
+    if collapse and (args.decoder is not None or args.prior is not None):
+        raise ValueError("--preset collapse chooses the decoders and priors itself: drop --decoder/--prior")
+    if (args.pixelcnn_layers is not None or args.pixelcnn_channels is not None) and args.decoder != "pixelcnn" and not collapse:
+        raise ValueError("--pixelcnn-layers/--pixelcnn-channels size the PixelCNN decoder: give --decoder pixelcnn too")
+    if (args.acn_neighbours is not None or args.acn_hidden is not None) and args.prior != "acn" and not collapse:
+        raise ValueError("--acn-neighbours/--acn-hidden describe the acn prior: give --prior acn too")
+    if args.decoder == "pixelcnn" and _given(args, "likelihood") not in ("bernoulli", "categorical256"):
+        raise ValueError(
+            f"--decoder pixelcnn models binary pixels (--likelihood bernoulli) or 256 grey levels (categorical256), "
+            f"not --likelihood {args.likelihood}"
+        )
+
+
 def check_run_arguments(args) -> None:
     """Refuse the values that would otherwise train something other than what was asked."""
+    if args.eval_n is not None and args.eval_n < 2:
+        raise ValueError(f"--eval-n must be at least 2 (points to validate and score on), got {args.eval_n}")
     for name in ("test_k", "epochs", "batch_size", "eval_k"):
         value = getattr(args, name)
         if value < 1:
@@ -104,6 +143,7 @@ def check_run_arguments(args) -> None:
         raise ValueError(f"--time-limit must be 0 (no limit) or a positive number of minutes, got {args.time_limit:g}")
     _check_data_source(args)
     check_model_options(args)
+    _check_decoder_and_prior_options(args)
     _check_label_options(args)
 
 
@@ -166,6 +206,8 @@ def spec_and_config(args, objective: str):
     spec.update(model_options(args))
     if args.labelled is not None:
         spec["labelled"] = args.labelled
+    if args.eval_n is not None:
+        spec["eval_n"] = args.eval_n
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -250,7 +292,16 @@ def prepare_compare(args):
     devices = _compare_devices(args)
     run_folder(args, "compare", Path(args.data).stem if args.data else args.dataset, compare=True)
     spec, config = spec_and_config(args, objectives[0] if objectives else "elbo")
-    return spec, config, {"objectives": objectives, "guides": guides, "models": models, "devices": devices}
+    plan = {"objectives": objectives, "guides": guides, "models": models, "devices": devices}
+    if args.preset == "collapse":
+        from .collapse import collapse_variants
+
+        sizes = {"layers": args.pixelcnn_layers, "channels": args.pixelcnn_channels}
+        acn = {"num_neighbours": args.acn_neighbours, "hidden": args.acn_hidden}
+        plan["variants"] = collapse_variants(
+            spec, {k: v for k, v in sizes.items() if v is not None}, {k: v for k, v in acn.items() if v is not None}
+        )
+    return spec, config, plan
 
 
 def _compare_devices(args) -> list[str]:

@@ -119,13 +119,30 @@ def _units(s: Scoring) -> dict:
 
 
 def _prior_match(s: Scoring) -> dict:
-    from .aggregate import aggregate_samples, prior_match_tests
+    from .aggregate import aggregate_samples, prior_draws, prior_match_tests
 
     def tests():
         s.codes = aggregate_samples(s.model, s.guide, s.sub)
-        return prior_match_tests(s.codes)
+        return prior_match_tests(s.codes, reference=prior_draws(s.model, s.guide, s.sub))
 
     return {"prior_match": _try(tests)}
+
+
+def _codes(s: Scoring) -> dict:
+    """k-NN accuracy of the test codes where there are labels and one latent site; the ordered
+    coding cost where the prior is conditioned on another code (ACN) (:mod:`ppl_vae.codes`)."""
+    from .codes import knn_accuracy, ordered_coding_cost
+
+    out: dict = {}
+    means = _try(lambda: posterior_means(s.model, s.guide, s.x)) if s.labels is not None else {}
+    if len(means) == 1 and "skipped" not in means:
+        (codes,) = means.values()
+        out["code_knn"] = knn_accuracy(codes, s.labels[: codes.shape[0]])
+    prior = getattr(s.model, "prior", None)
+    if s.density and hasattr(prior, "conditional") and hasattr(prior, "encode"):
+        distortion = torch.tensor(s.report["distortion_per_point"], device=s.x.device)
+        out["ordered_coding"] = ordered_coding_cost(prior, s.guide, s.x, distortion)
+    return out
 
 
 def _kl_split(s: Scoring) -> dict:
@@ -235,6 +252,7 @@ STAGES: list[Stage] = [
     Stage("ELBO, rate and distortion", _elbo),
     Stage("active units", _units),
     Stage("test classification error", _classification, when=lambda s: s.labels is not None),
+    Stage("k-NN accuracy of the codes; the ordered coding cost", _codes),
     Stage("tests of q(z) against the prior", _prior_match, when=lambda s: s.level == "full" or s.prior_tests),
     Stage("KL per dimension and the rate's split", _kl_split, when=_full, needs_density=True,
           skipped_keys=("kl_per_dimension", "surgery")),

@@ -15,12 +15,12 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 LAYERS = [
     # foundations: names, configuration, data, devices, files, traces, graphs
     {"registry", "config", "device", "pixels", "param_store", "budget", "user_data", "data", "distributed", "checkpoint", "hooks", "progress",
-     "run_folder", "user_code", "enumerated", "particles", "sites", "capture", "checks", "nn", "__init__"},
+     "run_folder", "user_code", "enumerated", "particles", "sites", "capture", "checks", "nn", "pixelcnn", "__init__"},
     {"models", "guides"},  # generative models and guides
     {"objectives", "global_latents", "labels"},  # training objectives
-    {"evaluate", "importance_sampling", "aggregate", "posterior", "refine", "plots", "scoring", "report_text", "html_report"},
+    {"evaluate", "importance_sampling", "aggregate", "codes", "posterior", "refine", "plots", "scoring", "report_text", "html_report"},
     {"step", "faults", "epoch_log", "pair", "train_state", "train_setup", "train"},  # the training step and loop
-    {"experiment", "labelled_runs", "compare", "compare_table", "compare_stats", "compare_workers", "run_spec", "cli_options", "cli_data_options", "cli", "__main__"},
+    {"experiment", "labelled_runs", "compare", "collapse", "compare_table", "compare_stats", "compare_workers", "run_spec", "cli_options", "cli_data_options", "cli", "__main__"},
 ]  # fmt: skip
 
 
