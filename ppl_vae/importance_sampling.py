@@ -223,7 +223,9 @@ def log_px(
     Returns:
         :class:`LogPx` with mean, standard errors and per-point estimates.
     """
-    with tf32_matmul(tf32):
+    with tf32_matmul(tf32), contextlib.ExitStack() as isolated:
+        if seed is not None:  # the checks' trial runs draw too: a seeded estimate leaves the caller's generators as they were
+            isolated.enter_context(same_draws(x.device if torch.is_tensor(x) else torch.device("cpu")))
         x, terms = _checked(model, guide, x, k, compile)
         batch_size, chunk_k = scoring_chunk(batch_size, chunk_k, sample_width(model, guide, terms), x.device)
         mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})

@@ -83,3 +83,18 @@ def test_site_outside_data_plate_is_a_contract_error(lg_data):
 
     with pytest.raises(ContractError, match="'z' is not inside pyro.plate\\('data'\\)"):
         log_px(model, guide, x, k=2)
+
+
+def test_a_seeded_estimate_leaves_the_callers_generators_as_they_were():
+    """Its trial runs of the pair included: otherwise a run whose validation schedule differs between
+    two legs (a resume after a last epoch off the --eval-every grid) would not resume to the bit."""
+    import pyro
+
+    from ppl_vae.pair import build_pair
+
+    pyro.set_rng_seed(0)
+    model, guide = build_pair({"model": "vae", "model_kwargs": {"z_dim": 2, "hidden": (8,)}, "guide_kwargs": {"z_dim": 2, "hidden": (8,)}}, 16)
+    x = torch.bernoulli(torch.full((5, 16), 0.5))
+    state = torch.get_rng_state()
+    log_px(model, guide, x, k=3, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
