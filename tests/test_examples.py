@@ -57,6 +57,7 @@ def test_example_runs(name, tmp_path):
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 BENCH_TINY = {
     "train_speed.py": ["--cases", "vae100", "--epochs", "2", "--rounds", "1", "--n", "200", "--no-pythae", "--device", "cpu"],
+    "pixelcnn_sampling.py": ["--channels", "4", "--layers", "1", "--repeats", "1"],
     "log_px_speed.py": ["--n", "20", "--k", "20", "--chunk-k", "10", "--batch", "10", "--rounds", "1", "--device", "cpu"],
     "distributed_speed.py": ["--dataset", "digits", "--epochs", "2", "--rounds", "1", "--hidden", "16", "--batch", "25"],
     "reproduce_iwae.py": [
