@@ -40,15 +40,17 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def sample_width(model, guide, terms: SiteTerms) -> int:
-    """Numbers one importance sample of one point holds: its sample sites' values and the outputs of
-    the pair's linear layers."""
+    """Numbers one importance sample of one point holds: its sample sites' values, the outputs of
+    the pair's linear layers and the feature maps of modules that declare ``activation_numbers``."""
     points = next(iter(terms.model_terms.values())).shape[-1] * terms.num_particles
     values = sum(
         s["value"].numel() for t in (terms.model_trace, terms.guide_trace) for s in t.nodes.values() if s["type"] == "sample"
     )
-    layers = sum(m.out_features for fn in (model, guide) if module_of(fn) is not None for m in module_of(fn).modules()
-                 if isinstance(m, nn.Linear))  # fmt: skip
-    return values // max(points, 1) + layers
+    modules = [m for fn in (model, guide) if module_of(fn) is not None for m in module_of(fn).modules()]
+    layers = sum(m.out_features for m in modules if isinstance(m, nn.Linear))
+    # a module whose activations are not linear layers' outputs (a PixelCNN's feature maps) says how many
+    maps = sum(int(getattr(m, "activation_numbers", 0)) for m in modules)
+    return values // max(points, 1) + layers + maps
 
 
 def _gib(n: float) -> str:
