@@ -113,11 +113,12 @@ def posterior_means(model, guide, x: torch.Tensor, k: int = 50, batch_size: int 
     return {name: mean for name, (mean, _) in posterior_moments(model, guide, x, k, batch_size).items()}
 
 
-def active_units(model, guide, x: torch.Tensor, threshold: float = 0.01, k: int = 50) -> dict:
+def active_units(model, guide, x: torch.Tensor, threshold: float = 0.01, k: int = 50, moments: dict | None = None) -> dict:
     """Latent dimensions u with Cov_x(E_q[u | x]) > ``threshold`` (Burda et al. 2016), per site and in
     total, ``dims``: how many latent dimensions there are, and ``sigma``: the encoder's standard
-    deviation E_x sd_q[u | x] per dimension and site (near 0: a near-point-mass code)."""
-    moments = posterior_moments(model, guide, x, k=k)
+    deviation E_x sd_q[u | x] per dimension and site (near 0: a near-point-mass code). ``moments``:
+    :func:`posterior_moments` of ``x`` already computed (else they are, with ``k`` draws)."""
+    moments = posterior_moments(model, guide, x, k=k) if moments is None else moments
     counts = {name: int((m.var(0) > threshold).sum()) for name, (m, _) in moments.items()}
     counts["total"] = sum(counts.values())
     counts["dims"] = sum(m.shape[1] for m, _ in moments.values())

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import distributed, hooks
-from .evaluate import active_units, elbo_terms, posterior_means
+from .evaluate import active_units, elbo_terms, posterior_moments
 from .global_latents import GlobalScaled, validation_elbo
 from .importance_sampling import NoDensityError, log_px
 
@@ -55,10 +55,17 @@ class Scoring:
     report: dict = field(default_factory=dict)
     estimate: Any = None  # the LogPx, None for a point mass
     codes: torch.Tensor | None = None  # one z ~ q(z|x) per diagnostic point, where a stage drew them
+    moments: dict | None = None  # (E_q[z|x], sd_q[z|x]) per site on x, once a stage computed them
 
     @property
     def density(self) -> bool:
         return self.report.get("log_px") is not None
+
+    def posterior_moments(self) -> dict:
+        """:func:`ppl_vae.evaluate.posterior_moments` of ``x``, computed once for the stages that read them."""
+        if self.moments is None:
+            self.moments = posterior_moments(self.model, self.guide, self.x)
+        return self.moments
 
     @property
     def sub(self) -> torch.Tensor:
@@ -111,7 +118,7 @@ def _elbo(s: Scoring) -> dict:
 
 
 def _units(s: Scoring) -> dict:
-    units = active_units(s.model, s.guide, s.x)
+    units = active_units(s.model, s.guide, s.x, moments=s.posterior_moments())
     sigma = units["sigma"]
     flat = [v for values in sigma.values() for v in values]
     summary = {"mean": sum(flat) / len(flat), "min": min(flat), "max": max(flat), "per_dimension": sigma}
@@ -134,7 +141,7 @@ def _codes(s: Scoring) -> dict:
     from .codes import knn_accuracy, ordered_coding_cost
 
     out: dict = {}
-    means = _try(lambda: posterior_means(s.model, s.guide, s.x)) if s.labels is not None else {}
+    means = _try(lambda: {n: m for n, (m, _) in s.posterior_moments().items()}) if s.labels is not None else {}
     if len(means) == 1 and "skipped" not in means:
         (codes,) = means.values()
         out["code_knn"] = knn_accuracy(codes, s.labels[: codes.shape[0]])
@@ -208,7 +215,7 @@ def _pictures(s: Scoring) -> dict:
         paths.update(save_pictures(s.model, s.guide, s.x, s.image_shape, out))
     labels = None if s.labels is None else s.labels
     if s.level == "full" and s.image_shape is not None:
-        means = _try(lambda: posterior_means(s.model, s.guide, s.x[:1000]))
+        means = _try(lambda: {n: m[:1000] for n, (m, _) in s.posterior_moments().items()})
         if "skipped" not in means and len(means) == 1:
             ((site, codes),) = means.items()
             order = codes.var(0).argsort(descending=True)[:8].tolist()  # the most active dimensions

@@ -106,3 +106,18 @@ def test_codes_drawn_from_the_models_own_prior_pass_and_n01_codes_do_not(prior):
     assert min(same["p_value"], same["radius_p_value"], same["pairwise_p_value"]) > 1e-3
     other = prior_match_tests(torch.randn(400, 2, generator=torch.Generator().manual_seed(2)), reference=draws)
     assert min(other["p_value"], other["radius_p_value"]) < 1e-3
+
+
+def test_one_scoring_computes_the_posterior_moments_once(monkeypatch, tmp_path):
+    """Active units, the k-NN codes and the traversals read the same E_q[z|x]: one pass of the guide."""
+    import ppl_vae.scoring as scoring
+
+    calls = []
+    real = scoring.posterior_moments
+    monkeypatch.setattr(scoring, "posterior_moments", lambda *a, **k: calls.append(a[2].shape[0]) or real(*a, **k))
+    model, guide = _pair("normal")
+    x = torch.rand(40, 64).round()
+    report = scoring.score(model, guide, x, level="full", k=4, labels=torch.arange(40) % 2, image_shape=(8, 8), out=tmp_path)
+    assert calls == [40]
+    assert report["active_units"] <= 2 and report["code_knn"]["points"] == 40
+    assert (tmp_path / "traversals.png").exists()
