@@ -38,13 +38,21 @@ def main() -> None:
     times = {"cropped": [], "whole_image": []}
     with torch.no_grad():
         for _ in range(args.repeats):
-            for name, fn in (("cropped", lambda g: net.sample((28, 28), args.n, cond, g)), ("whole_image", lambda g: whole_image(net, args.n, cond, g))):
+            for name, fn in (
+                ("cropped", lambda g: net.sample((28, 28), args.n, cond, g)),
+                ("whole_image", lambda g: whole_image(net, args.n, cond, g)),
+            ):
                 start = time.perf_counter()
                 fn(torch.Generator().manual_seed(0))
                 times[name].append(time.perf_counter() - start)
     best = {k: min(v) for k, v in times.items()}
-    out = {**{k: v for k, v in vars(args).items() if k != "json"}, "seconds_cropped": best["cropped"], "seconds_whole_image": best["whole_image"],
-           "speedup": best["whole_image"] / best["cropped"], "threads": torch.get_num_threads()}
+    out = {
+        **{k: v for k, v in vars(args).items() if k != "json"},
+        "seconds_cropped": best["cropped"],
+        "seconds_whole_image": best["whole_image"],
+        "speedup": best["whole_image"] / best["cropped"],
+        "threads": torch.get_num_threads(),
+    }
     print(json.dumps(out, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -51,7 +51,7 @@ class PixelCNNImages(dist.TorchDistribution):
         images = value.expand(batch + self.event_shape).reshape(-1, 1, *self.image_shape)
         return self.net.log_prob(images.to(self.cond.dtype), self._maps(batch)).reshape(batch)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         shape = torch.Size(sample_shape) + self.batch_shape
         maps = self._maps(shape)
         return self.net.sample(self.image_shape, maps.shape[0], maps).reshape(shape + self.event_shape)

@@ -117,13 +117,15 @@ class GreyLevelsDistribution(dist.TorchDistribution):
         batch = torch.broadcast_shapes(value.shape, log_p.shape[:-1])
         return log_p.expand(batch + (256,)).gather(-1, level.expand(batch).unsqueeze(-1)).squeeze(-1).sum(-1)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         with torch.no_grad():
             return dist.Categorical(logits=self.logits).sample(sample_shape).to(self.logits.dtype) / 255
 
     @property
     def mean(self):
-        return (torch.softmax(self.logits, -1) * torch.arange(256, dtype=self.logits.dtype, device=self.logits.device)).sum(-1) / 255
+        return (torch.softmax(self.logits, -1) * torch.arange(256, dtype=self.logits.dtype, device=self.logits.device)).sum(
+            -1
+        ) / 255
 
 
 class Categorical256(nn.Module):

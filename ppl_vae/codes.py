@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 
-import torch
 import pyro.distributions as dist
+import torch
 from torch.distributions import kl_divergence
 
 KL_SAMPLES = 64  # Monte Carlo KL where no closed form is registered

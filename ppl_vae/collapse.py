@@ -20,6 +20,8 @@ PRIORS = (
     ("free bits 0.25/dim", "elbo:free_bits=0.25,free_bits_per=dim", "normal"),
     ("ACN", "elbo", "acn"),
 )
+
+
 def collapse_variants(spec: dict, pixelcnn: dict | None = None, acn: dict | None = None) -> list[Variant]:
     """The preset's eight variants from the base ``spec`` (a vae model with a one-layer guide);
     ``pixelcnn`` and ``acn`` size the PixelCNN decoder and the ACN prior of their rows."""

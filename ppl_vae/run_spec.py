@@ -12,8 +12,18 @@ from .registry import LOCAL_DATASETS
 
 # the options each built-in model takes (with a built-in guide); any other of these, given, is refused
 MODEL_OPTIONS = {
-    "vae": ("z_dim", "hidden", "prior", "likelihood", "network", "decoder", "pixelcnn_layers", "pixelcnn_channels",
-            "acn_neighbours", "acn_hidden"),
+    "vae": (
+        "z_dim",
+        "hidden",
+        "prior",
+        "likelihood",
+        "network",
+        "decoder",
+        "pixelcnn_layers",
+        "pixelcnn_channels",
+        "acn_neighbours",
+        "acn_hidden",
+    ),
     "hierarchical": ("z_dims", "hidden", "prior", "likelihood"),
     "linear_gaussian": ("z_dim", "hidden"),
     "sbn": ("z_dims",),
@@ -21,8 +31,19 @@ MODEL_OPTIONS = {
     "cvae": ("z_dim", "hidden"),
 }
 GUIDE_OPTIONS = ("z_dim", "hidden", "network")  # a built-in one-layer guide beside a user's own model
-DEFAULTS = {"z_dim": 10, "hidden": [400], "prior": "normal", "likelihood": "bernoulli", "network": "mlp", "z_dims": None,
-            "decoder": "factorized", "pixelcnn_layers": 5, "pixelcnn_channels": 32, "acn_neighbours": 5, "acn_hidden": [256]}
+DEFAULTS = {
+    "z_dim": 10,
+    "hidden": [400],
+    "prior": "normal",
+    "likelihood": "bernoulli",
+    "network": "mlp",
+    "z_dims": None,
+    "decoder": "factorized",
+    "pixelcnn_layers": 5,
+    "pixelcnn_channels": 32,
+    "acn_neighbours": 5,
+    "acn_hidden": [256],
+}
 
 
 def _flag(name: str) -> str:

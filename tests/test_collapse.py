@@ -81,7 +81,11 @@ def test_a_pixelcnn_decoder_on_data_that_are_not_grey_images_is_refused(tmp_path
     path = tmp_path / "colour.npz"
     rng = np.random.default_rng(0)
     shape = (3, 4, 4)
-    np.savez(path, x_train=rng.integers(0, 2, (80, *shape)).astype("float32"), x_test=rng.integers(0, 2, (20, *shape)).astype("float32"))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 2, (80, *shape)).astype("float32"),
+        x_test=rng.integers(0, 2, (20, *shape)).astype("float32"),
+    )
     assert main(["train", "--data", str(path), *PIXELCNN, "--epochs", "1", "--test-k", "2", "--eval-k", "2", "--no-progress",
                  "--out", str(tmp_path / "v")]) != 0  # fmt: skip
     assert "a PixelCNN decoder needs grey images" in capsys.readouterr().err

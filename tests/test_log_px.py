@@ -93,7 +93,9 @@ def test_a_seeded_estimate_leaves_the_callers_generators_as_they_were():
     from ppl_vae.pair import build_pair
 
     pyro.set_rng_seed(0)
-    model, guide = build_pair({"model": "vae", "model_kwargs": {"z_dim": 2, "hidden": (8,)}, "guide_kwargs": {"z_dim": 2, "hidden": (8,)}}, 16)
+    model, guide = build_pair(
+        {"model": "vae", "model_kwargs": {"z_dim": 2, "hidden": (8,)}, "guide_kwargs": {"z_dim": 2, "hidden": (8,)}}, 16
+    )
     x = torch.bernoulli(torch.full((5, 16), 0.5))
     state = torch.get_rng_state()
     log_px(model, guide, x, k=3, seed=1)

@@ -8,6 +8,7 @@ import itertools
 import pyro
 import pytest
 import torch
+from test_step import BATCH, X_DIM, _data, assert_same_step
 
 from ppl_vae import get_objective
 from ppl_vae.evaluate import elbo_terms
@@ -16,8 +17,6 @@ from ppl_vae.models.autoregressive import PixelCNNImages, PixelCNNLikelihood
 from ppl_vae.models.likelihoods import Categorical256
 from ppl_vae.pair import build_pair
 from ppl_vae.pixelcnn import PixelCNN
-
-from test_step import BATCH, X_DIM, _data, assert_same_step
 
 
 def _net(levels=2, channels=6, layers=2, cond=0, seed=0):
