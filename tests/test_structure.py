@@ -111,3 +111,18 @@ def test_the_trainer_is_small():
     tree = ast.parse(MODULES["ppl_vae.train"].read_text())
     (trainer,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
     assert trainer.end_lineno - trainer.lineno + 1 <= 250
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_the_sources_pass_ruff(command):
+    """`make lint` as a test, so that CI (which runs `make test`) keeps it green."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    folders = ["ppl_vae", "models", "guides", "tests", "examples", "benchmarks"]
+    done = subprocess.run([ruff, *command, *folders], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
