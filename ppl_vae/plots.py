@@ -17,38 +17,53 @@ from .hooks import SamplesImages
 from .sites import site_terms
 
 
-def _observed_mean(trace) -> torch.Tensor:
-    """Mean of the model's observation site: one released by ``uncondition`` if any (a
-    conditioned latent is then 'observed' too), else the observed one."""
+def _observed(trace) -> tuple[torch.Tensor, bool]:
+    """Mean of the model's observation site, or one draw where its distribution has no mean (an
+    autoregressive likelihood: PixelCNN), and whether it is a draw: a site released by
+    ``uncondition`` if any (a conditioned latent is then 'observed' too), else the observed one."""
     sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
     for released_only in (True, False):
         for site in sites:
             if site["infer"].get("was_observed") or (not released_only and site["is_observed"]):
                 try:
-                    return site["fn"].mean
-                except NotImplementedError:  # an autoregressive likelihood (PixelCNN): one draw
-                    return site["fn"].sample()
+                    return site["fn"].mean, False
+                except NotImplementedError:
+                    return site["fn"].sample(), True
     raise ValueError("the model has no observed site to draw")
 
 
-@torch.no_grad()
+def _shown(drawn: bool) -> str:
+    return "one draw of x ~ p(x | z)" if drawn else "mean of p(x | z)"
+
+
 def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
-    """Mean of p(x | z) at one z ~ q(z | x), shape like ``x``."""
-    terms = site_terms(model, guide, x, num_particles=1)
-    return _observed_mean(terms.model_trace).reshape(x.shape)
+    """Mean of p(x | z) (one draw where it has none) at one z ~ q(z | x), shape like ``x``."""
+    return _reconstruction(model, guide, x)[0]
 
 
 @torch.no_grad()
+def _reconstruction(model, guide, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    terms = site_terms(model, guide, x, num_particles=1)
+    images, drawn = _observed(terms.model_trace)
+    return images.reshape(x.shape), drawn
+
+
 def sample(model, like: torch.Tensor, n: int) -> torch.Tensor:
-    """Mean of p(x | z) at n draws z ~ p(z): the model run with its observation released.
+    """Mean of p(x | z) (one draw where it has none) at n draws z ~ p(z): the model run with its observation released.
 
     ``like`` is any data tensor; only its shape per point, dtype and device are used.
     """
+    return _samples(model, like, n)[0]
+
+
+@torch.no_grad()
+def _samples(model, like: torch.Tensor, n: int) -> tuple[torch.Tensor, bool]:
     if isinstance(model, SamplesImages):  # models with their own sampler (the ACN chain)
-        return model.sample_images(n, like).reshape((n,) + like.shape[1:])
+        drawn = getattr(getattr(model, "likelihood", None), "autoregressive", False)
+        return model.sample_images(n, like).reshape((n,) + like.shape[1:]), drawn
     dummy = like.new_zeros((n,) + like.shape[1:])
-    trace = poutine.trace(poutine.uncondition(model)).get_trace(dummy)
-    return _observed_mean(trace).reshape(dummy.shape)
+    images, drawn = _observed(poutine.trace(poutine.uncondition(model)).get_trace(dummy))
+    return images.reshape(dummy.shape), drawn
 
 
 def _grid_canvas(images: torch.Tensor, image_shape, per_row: int) -> tuple[torch.Tensor, int, int]:
@@ -124,16 +139,18 @@ def interleave_reconstructions(x: torch.Tensor, rec: torch.Tensor, per_row: int 
 
 
 def save_samples(model, like: torch.Tensor, n: int, image_shape, path) -> Path:
-    """``n`` unconditional samples (means of p(x | z), z ~ p(z)) in one labelled grid."""
-    return save_grid(sample(model, like, n), image_shape, path, title=f"{n} samples: mean of p(x | z) at z ~ p(z)")
+    """``n`` unconditional samples (means of p(x | z), or one draw each, z ~ p(z)) in one labelled grid."""
+    images, drawn = _samples(model, like, n)
+    return save_grid(images, image_shape, path, title=f"{n} samples: {_shown(drawn)} at z ~ p(z)")
 
 
 def save_pictures(model, guide, x: torch.Tensor, image_shape, out: str | Path, n: int = 32) -> dict[str, str]:
     """``reconstructions.png`` (rows labelled: data, then their reconstructions) and ``samples.png``."""
     out = Path(out)
     x = x[:n]
-    images, labels = interleave_reconstructions(x, reconstruct(model, guide, x))
-    title = "test data and reconstructions: mean of p(x | z) at one z ~ q(z | x)"
+    rec, drawn = _reconstruction(model, guide, x)
+    images, labels = interleave_reconstructions(x, rec)
+    title = f"test data and reconstructions: {_shown(drawn)} at one z ~ q(z | x)"
     paths = {
         "reconstructions": save_grid(images, image_shape, out / "reconstructions.png", nrow=8, row_labels=labels, title=title),
         "samples": save_samples(model, x, 64, image_shape, out / "samples.png"),
@@ -148,7 +165,7 @@ def decode_at(model, site: str, z: torch.Tensor, like: torch.Tensor) -> torch.Te
     dummy = like.new_zeros((z.shape[0],) + like.shape[1:])
     conditioned = poutine.condition(poutine.uncondition(model), data={site: z})
     trace = poutine.trace(conditioned).get_trace(dummy)
-    return _observed_mean(trace).reshape(dummy.shape)
+    return _observed(trace)[0].reshape(dummy.shape)
 
 
 def save_traversals(model, site: str, z_dim: int, dims, like, image_shape, path, steps: int = 9, span: float = 3.0) -> Path:

@@ -195,3 +195,21 @@ def test_pixelcnn_decoder_refusals():
         build_pair({"model": "vae", "model_kwargs": {"decoder": "pixelcnn"}}, 192, image_shape=(3, 8, 8))
     with pytest.raises(ValueError, match="decoder='pixelcnn' too"):
         build_pair({"model": "vae", "model_kwargs": {"pixelcnn": {"layers": 2}}}, 64, image_shape=(8, 8))
+
+
+@pytest.mark.parametrize("prior", ["normal", "acn"])
+def test_pictures_of_a_pixelcnn_vae_are_draws_and_say_so(prior):
+    """A PixelCNN has no closed-form mean: the grids hold binary draws and their titles say 'one draw'."""
+    from ppl_vae import plots
+
+    kwargs = {"prior": "acn", "prior_kwargs": {"num_neighbours": 2}} if prior == "acn" else {}
+    model, guide = _pixelcnn_vae(**kwargs)
+    x = _data()
+    if prior == "acn":
+        model.refresh(_data(40, seed=3))
+    for images, drawn in (plots._samples(model, x, 6), plots._reconstruction(model, guide, x)):
+        assert drawn and ((images == 0) | (images == 1)).all()
+    factorised, mlp_guide = build_pair({"model": "vae", "model_kwargs": {"z_dim": 3, "hidden": (16,)}}, X_DIM)
+    images, drawn = plots._samples(factorised, x, 6)
+    assert not drawn and ((images > 0) & (images < 1)).any()
+    assert plots._shown(True).startswith("one draw") and plots._shown(False).startswith("mean")
