@@ -123,9 +123,8 @@ class GreyLevelsDistribution(dist.TorchDistribution):
 
     @property
     def mean(self):
-        return (torch.softmax(self.logits, -1) * torch.arange(256, dtype=self.logits.dtype, device=self.logits.device)).sum(
-            -1
-        ) / 255
+        levels = torch.arange(256, dtype=self.logits.dtype, device=self.logits.device)
+        return (torch.softmax(self.logits, -1) * levels).sum(-1) / 255
 
 
 class Categorical256(nn.Module):
