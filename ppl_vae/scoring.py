@@ -67,6 +67,10 @@ class Scoring:
             self.moments = posterior_moments(self.model, self.guide, self.x)
         return self.moments
 
+    def posterior_means(self) -> dict:
+        """E_q[z|x] per site on ``x``: the means of :meth:`posterior_moments`."""
+        return {name: mean for name, (mean, _) in self.posterior_moments().items()}
+
     @property
     def sub(self) -> torch.Tensor:
         return self.x[: self.diagnostic_points]
@@ -141,7 +145,7 @@ def _codes(s: Scoring) -> dict:
     from .codes import knn_accuracy, ordered_coding_cost
 
     out: dict = {}
-    means = _try(lambda: {n: m for n, (m, _) in s.posterior_moments().items()}) if s.labels is not None else {}
+    means = _try(s.posterior_means) if s.labels is not None else {}
     if len(means) == 1 and "skipped" not in means:
         (codes,) = means.values()
         out["code_knn"] = knn_accuracy(codes, s.labels[: codes.shape[0]])
@@ -215,7 +219,7 @@ def _pictures(s: Scoring) -> dict:
         paths.update(save_pictures(s.model, s.guide, s.x, s.image_shape, out))
     labels = None if s.labels is None else s.labels
     if s.level == "full" and s.image_shape is not None:
-        means = _try(lambda: {n: m[:1000] for n, (m, _) in s.posterior_moments().items()})
+        means = _try(lambda: {n: m[:1000] for n, m in s.posterior_means().items()})
         if "skipped" not in means and len(means) == 1:
             ((site, codes),) = means.items()
             order = codes.var(0).argsort(descending=True)[:8].tolist()  # the most active dimensions
