@@ -255,10 +255,13 @@ def record(args, out: Path, model, guide, test_x, trained: dict, device) -> int:
     return 0
 
 
-def paired(out: Path, cell: str) -> str:
-    """ppl_vae's -log p(x) minus its reference's, mean ± SE over the test images both scored."""
+def paired(out: Path, cell: str, r: dict | None = None, ref: dict | None = None) -> str:
+    """ppl_vae's -log p(x) minus its reference's, mean ± SE over the test images both scored;
+    refused for two runs of another budget or estimator (a reference still at an earlier pass)."""
     import torch
 
+    if r and ref and any(r[key] != ref[key] for key in ("passes", "k", "n_test")):
+        return f"not paired: ppl_vae {r['passes']} passes, K {r['k']}; reference {ref['passes']} passes, K {ref['k']}"
     ours, theirs = out / cell / "per_point.pt", out / "reference" / cell / "per_point.pt"
     if not (ours.exists() and theirs.exists()):
         return ""
@@ -294,7 +297,7 @@ def table(args) -> int:
         times = " / ".join(f"{x['train_seconds'] / 60:.1f} min" if x else "—" for x in (r, ref))
         init = "data" if not shown.get("data_init", "off").startswith("off") else "default"
         lines.append(
-            f"| {cell} | {shown['objective']} | {paper or '—'} | {ours} | {gap} | {plain} | {paired(out, cell)} | "
+            f"| {cell} | {shown['objective']} | {paper or '—'} | {ours} | {gap} | {plain} | {paired(out, cell, r, ref)} | "
             f"{shown['passes']} of {shown['full_passes']} | {shown['k']} × {shown['n_test']} | {units} | {init} | {times} | "
             f"{shown['eval_seconds']:.0f} s |"
         )

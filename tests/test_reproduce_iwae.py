@@ -111,6 +111,12 @@ def test_a_reference_run_in_pieces_ends_as_a_whole_one_and_sits_beside_its_cell(
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1L-iwae5")][0].split(" | ")
     ours, plain, diff = (float(row[i].split(" ± ")[0]) for i in (3, 5, 6))
     assert diff == pytest.approx(ours - plain, abs=0.011) and " ± " in row[6] and row[10] == "data"
+    # the cell continued past its reference: two budgets are not paired
+    assert script.main([*common, "--passes", "3", "--out", str(tmp_path / "cut")]) == 0
+    capsys.readouterr()
+    assert script.main(["--table", "--out", str(tmp_path / "cut")]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1L-iwae5")][0].split(" | ")
+    assert row[6] == "not paired: ppl_vae 3 passes, K 20; reference 2 passes, K 20"
     # the other initialisation in a folder trained with it is refused; the reference has no DReG cell
     assert script.main([*common, "--passes", "2", "--no-data-init", "--out", str(tmp_path / "cut")]) == 2
     assert "with the data-informed initialisation and the command asks without it" in capsys.readouterr().err
