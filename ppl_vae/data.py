@@ -242,10 +242,11 @@ def load_binarized_mnist(data_dir, scale="auto"):
     if not path.exists():
         raise DataError(f"dataset 'binarized-mnist': {path} not found")
     a = _npz_arrays(path, ["x_train", "x_valid", "x_test"])
-    splits = [(to_intensities(a[k].reshape(len(a[k]), -1), f"{path} {k}", scale), None) for k in ("x_train", "x_valid", "x_test")]
-    order = np.random.default_rng(STATIC_TEST_ORDER_SEED).permutation(len(splits[2][0]))
-    splits[2] = (splits[2][0][order], None)
-    return tuple(splits), (28, 28)
+    a["x_test"] = a["x_test"][np.random.default_rng(STATIC_TEST_ORDER_SEED).permutation(len(a["x_test"]))]
+    splits = tuple(
+        (to_intensities(a[k].reshape(len(a[k]), -1), f"{path} {k}", scale), None) for k in ("x_train", "x_valid", "x_test")
+    )
+    return splits, (28, 28)
 
 
 def load_dataset(
