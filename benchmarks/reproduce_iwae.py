@@ -19,6 +19,8 @@ K = 5,000 on all test images; active units by Cov_x E_q[u] > 0.01.
     python benchmarks/reproduce_iwae.py --cell 1L-vae1 --passes 13 --reference --data-dir ../shared/data --out runs/iwae
     # the table of every finished cell, with paper, ppl_vae, reference and their paired difference
     python benchmarks/reproduce_iwae.py --table --out runs/iwae
+    # over seeds: the same cells trained with --seed 1, 2 into other folders
+    python benchmarks/reproduce_iwae.py --table --out runs/iwae --seeds-out runs/iwae-seed1 runs/iwae-seed2
 
 The decoder's output bias starts at the training pixels' marginal log-odds (``--no-data-init``:
 PyTorch's default), in the cell and its reference alike.
@@ -144,7 +146,7 @@ def run_reference(args, out: Path, train_x, test_x, model, guide) -> int:
     """The cell's plain-PyTorch twin (``iwae_reference.py``), scored as the cell is."""
     import torch
 
-    reference_module = _reference_module()
+    reference_module = _sibling("iwae_reference")
     layers, objective, flow, prior = CELLS[args.cell]
     if flow or prior != "normal" or not objective.startswith(("elbo", "iwae")):
         print(
@@ -174,8 +176,9 @@ def run_reference(args, out: Path, train_x, test_x, model, guide) -> int:
     return record(args, out, model, guide, test_x, trained, torch.device("cpu"))
 
 
-def _reference_module():
-    spec = importlib.util.spec_from_file_location("iwae_reference", Path(__file__).with_name("iwae_reference.py"))
+def _sibling(name: str):
+    """A module of this folder (``iwae_reference``, ``iwae_table``), loaded by path as scripts are run."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -255,57 +258,9 @@ def record(args, out: Path, model, guide, test_x, trained: dict, device) -> int:
     return 0
 
 
-def paired(out: Path, cell: str, r: dict | None = None, ref: dict | None = None) -> str:
-    """ppl_vae's -log p(x) minus its reference's, mean ± SE over the test images both scored;
-    refused for two runs of another budget or estimator (a reference still at an earlier pass)."""
-    import torch
-
-    if r and ref and (r["passes"], r["k"]) != (ref["passes"], ref["k"]):  # other test images: the shape check below
-        return f"not paired: ppl_vae {r['passes']} passes, K {r['k']}; reference {ref['passes']} passes, K {ref['k']}"
-    ours, theirs = out / cell / "per_point.pt", out / "reference" / cell / "per_point.pt"
-    if not (ours.exists() and theirs.exists()):
-        return ""
-    a, b = torch.load(ours), torch.load(theirs)
-    if a.shape != b.shape:
-        return "scored on other test images"
-    d = (b - a).double()  # -log p(x) of ppl_vae minus the reference's, per image
-    return f"{d.mean():+.2f} ± {d.std() / math.sqrt(len(d)):.2f}"
-
-
 def table(args) -> int:
-    out = Path(args.out)
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
-    references = {r["cell"]: r for r in (json.loads(p.read_text()) for p in out.glob("reference/*/result.json"))}
-    if not rows and not references:
-        print(f"no finished cell under {args.out}", file=sys.stderr)
-        return 2
-    lines = [
-        "| cell | objective | paper −log p(x) | ppl_vae −log p(x) ± SE | gap | plain PyTorch −log p(x) ± SE | ppl_vae − plain (paired) "
-        "| passes | K × test images | active units | init | train time (ppl_vae / plain) | eval time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    order = {name: i for i, name in enumerate(CELLS)}
-    by_cell = {r["cell"]: r for r in rows}
-    for cell in sorted(set(by_cell) | set(references), key=lambda c: order.get(c, 99)):
-        r, ref = by_cell.get(cell), references.get(cell)
-        shown = r or ref
-        paper = shown.get("paper_nll")
-        gap = f"{r['nll'] - paper:+.2f}" if paper and r else ""
-        units = ", ".join(f"{k} {v}" for k, v in shown["active_units"].items() if k != "total")
-        ours = f"{r['nll']:.2f} ± {r['nll_se']:.2f}" if r else "—"
-        plain = f"{ref['nll']:.2f} ± {ref['nll_se']:.2f}" if ref else "—"
-        times = " / ".join(f"{x['train_seconds'] / 60:.1f} min" if x else "—" for x in (r, ref))
-        init = "data" if not shown.get("data_init", "off").startswith("off") else "default"
-        lines.append(
-            f"| {cell} | {shown['objective']} | {paper or '—'} | {ours} | {gap} | {plain} | {paired(out, cell, r, ref)} | "
-            f"{shown['passes']} of {shown['full_passes']} | {shown['k']} × {shown['n_test']} | {units} | {init} | {times} | "
-            f"{shown['eval_seconds']:.0f} s |"
-        )
-    text = "\n".join(lines)
-    print(text)
-    if args.table_md:
-        Path(args.table_md).write_text(text + "\n")
-    return 0
+    """The table of every finished cell under ``--out`` (and ``--seeds-out``): ``iwae_table.py``."""
+    return _sibling("iwae_table").table(Path(args.out), [Path(f) for f in args.seeds_out or []], list(CELLS), args.table_md)
 
 
 def main(argv=None) -> int:
@@ -313,6 +268,13 @@ def main(argv=None) -> int:
     p.add_argument("--cell", choices=sorted(CELLS), help="which cell of the table to train and score")
     p.add_argument("--table", action="store_true", help="print the table of every finished cell under --out")
     p.add_argument("--table-md", default=None, help="also write the table to this Markdown file")
+    p.add_argument(
+        "--seeds-out",
+        nargs="+",
+        default=None,
+        help="with --table: folders of the same cells trained with other --seed values; the table then gives each "
+        "seed's -log p(x) and a paired difference whose SE counts the training's randomness too",
+    )
     p.add_argument("--out", default="runs/iwae", help="one folder per cell under it (default: runs/iwae)")
     p.add_argument("--dataset", default="mnist", help="mnist (from --data-dir, the protocol) or mnist5k (a smoke test)")
     p.add_argument("--data-dir", default=None)

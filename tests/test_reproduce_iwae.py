@@ -122,3 +122,35 @@ def test_a_reference_run_in_pieces_ends_as_a_whole_one_and_sits_beside_its_cell(
     assert "with the data-informed initialisation and the command asks without it" in capsys.readouterr().err
     assert script.main(["--cell", "2L-dreg50", "--dataset", "mnist5k", "--reference", "--out", str(tmp_path / "d")]) == 2
     assert "--reference is written for the paper's cells" in capsys.readouterr().err
+
+
+def test_the_table_over_seeds_counts_the_trainings_randomness(script, tmp_path, capsys):
+    """Three seeds of a cell and its reference: the paired column is the mean of the per-seed
+    differences, and its SE adds their spread over seeds to the test images' noise."""
+    import math
+
+    import torch
+
+    shifts = [0.5, -0.1, 0.2]  # reference's log p(x) minus ppl_vae's, per seed
+    per_image = torch.linspace(-1.0, 1.0, 40, dtype=torch.float64)  # the same per-image wiggle each seed
+    folders = [tmp_path / f"seed{s}" for s in range(3)]
+    for folder, shift in zip(folders, shifts):
+        for sub, values in (("", -90.0 + 0 * per_image), ("reference", -90.0 + shift + per_image)):
+            cell = folder / sub / "1L-vae1"
+            cell.mkdir(parents=True)
+            torch.save(values.float(), cell / "per_point.pt")
+            result = {"cell": "1L-vae1", "objective": "elbo", "paper_nll": 86.76, "nll": float(-values.mean()), "nll_se": 0.1,
+                      "k": 10, "n_test": 40, "passes": 13, "full_passes": 3280, "active_units": {"z": 5, "total": 5},
+                      "data_init": "decoder", "train_seconds": 60.0, "eval_seconds": 1.0}  # fmt: skip
+            (cell / "result.json").write_text(json.dumps(result))
+    assert script.main(["--table", "--out", str(folders[0]), "--seeds-out", *map(str, folders[1:])]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1L-vae1")][0].split(" | ")
+    mean = sum(shifts) / 3
+    seeds_var = sum((s - mean) ** 2 for s in shifts) / 2 / 3
+    images_var = per_image.var().item() / 40
+    assert row[6] == f"{mean:+.2f} ± {math.sqrt(seeds_var + images_var):.2f} (3 seeds)"
+    assert row[3] == "90.00 (seeds: 90.00, 90.00, 90.00)" and row[5].startswith(f"{90 - mean:.2f} (seeds: ")
+    # one seed: the test images' noise only, as before
+    assert script.main(["--table", "--out", str(folders[0])]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1L-vae1")][0].split(" | ")
+    assert row[6] == f"{shifts[0]:+.2f} ± {math.sqrt(images_var):.2f}"
