@@ -18,19 +18,20 @@ import sys
 from pathlib import Path
 
 
-def paired(folders: list[Path], cell: str, runs: list[tuple]) -> str:
+def paired(folders: list[Path], cell: str, runs: list[tuple], budget: tuple[int, int]) -> str:
     """ppl_vae's -log p(x) minus its reference's, mean ± SE over the test images both scored; over
     several seeds (one folder each) the SE counts the training's randomness too
-    (``ppl_vae.compare_stats.paired_difference``). A pair of another budget or estimator is not
-    paired (a reference still at an earlier pass)."""
+    (``ppl_vae.compare_stats.paired_difference``). Only runs of ``budget`` (passes, K) are paired:
+    not a reference still at an earlier pass, nor another seed's run at another budget."""
     import torch
 
     from ppl_vae.compare_stats import paired_difference
 
     ours, theirs, why = [], [], ""
-    for out, (r, ref) in zip(folders, runs):
-        if r and ref and (r["passes"], r["k"]) != (ref["passes"], ref["k"]):  # other test images: the shape check
-            why = why or f"not paired: ppl_vae {r['passes']} passes, K {r['k']}; reference {ref['passes']} passes, K {ref['k']}"
+    for first, out, (r, ref) in zip([True] + [False] * len(runs), folders, runs):
+        if r and ref and not (r["passes"], r["k"]) == (ref["passes"], ref["k"]) == budget:  # other images: shape check
+            if first:
+                why = f"not paired: ppl_vae {r['passes']} passes, K {r['k']}; reference {ref['passes']} passes, K {ref['k']}"
             continue
         a, b = out / cell / "per_point.pt", out / "reference" / cell / "per_point.pt"
         if not (r and ref and a.exists() and b.exists()):
@@ -92,7 +93,7 @@ def table(out: Path, seeds_out: list[Path], cells: list[str], table_md: str | No
         init = "data" if not shown.get("data_init", "off").startswith("off") else "default"
         lines.append(
             f"| {cell} | {shown['objective']} | {paper or '—'} | {nll_over_seeds(ours if r else [])} | {gap} | "
-            f"{nll_over_seeds(theirs if ref else [])} | {paired(folders, cell, runs)} | "
+            f"{nll_over_seeds(theirs if ref else [])} | {paired(folders, cell, runs, (shown['passes'], shown['k']))} | "
             f"{shown['passes']} of {shown['full_passes']} | {shown['k']} × {shown['n_test']} | {units} | {init} | {times} | "
             f"{shown['eval_seconds']:.0f} s |"
         )
