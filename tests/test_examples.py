@@ -80,9 +80,9 @@ BENCH_TINY = {
 }
 
 
-# modules the scripts import, run through them: iwae_reference.py by reproduce_iwae.py --reference
-# (tests/test_reproduce_iwae.py)
-BENCH_MODULES = {"iwae_reference.py"}
+# modules the scripts import, run through them: iwae_reference.py by reproduce_iwae.py --reference and
+# iwae_table.py by reproduce_iwae.py --table (tests/test_reproduce_iwae.py)
+BENCH_MODULES = {"iwae_reference.py", "iwae_table.py"}
 
 
 def test_every_benchmark_is_smoke_tested():
