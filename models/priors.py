@@ -171,16 +171,22 @@ class ACNPrior(_GuideReader):
     def neighbours(self, codes: torch.Tensor, exclude_nearest: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact K nearest bank codes (Euclidean) of each code: ``(distances, indices)``, each ``(B, K)``.
 
-        ``exclude_nearest`` drops the closest one: in training, a point's own code.
+        ``exclude_nearest`` drops the closest one: in training, a point's own code. Candidates come
+        from float32 ``cdist`` (its matrix-product form is off by ~1e-4 on a 50,000-code bank), and
+        are ranked by distances recomputed in float64: near-ties then fall the same way in the
+        compiled and the eager step, whose check would otherwise refuse the compiled one.
         """
         if self.codes.shape[0] < self.num_neighbours + int(exclude_nearest):
             raise RuntimeError(
                 f"the ACN prior holds {self.codes.shape[0]} training codes, fewer than K={self.num_neighbours}: "
                 "call model.refresh(train_x) first (the trainer does, every epoch)"
             )
-        d = torch.cdist(codes, self.codes)
         k = self.num_neighbours + int(exclude_nearest)
-        dist_k, idx = d.topk(k, dim=-1, largest=False)
+        n_candidates = min(self.codes.shape[0], 2 * k + 8)
+        candidates = torch.cdist(codes, self.codes).topk(n_candidates, dim=-1, largest=False).indices
+        exact = (codes.double().unsqueeze(1) - self.codes[candidates].double()).pow(2).sum(-1).sqrt()
+        dist_k, pos = exact.topk(k, dim=-1, largest=False)
+        dist_k, idx = dist_k.to(codes.dtype), candidates.gather(1, pos)
         return (dist_k[:, 1:], idx[:, 1:]) if exclude_nearest else (dist_k, idx)
 
     def conditional(self, c: torch.Tensor):

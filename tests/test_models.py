@@ -145,6 +145,22 @@ def test_acn_neighbours_are_the_true_k_nearest_and_the_prior_is_conditioned_on_o
     assert torch.allclose(mixture.log_prob(z), expected, atol=1e-5)
 
 
+def test_acn_neighbours_are_ranked_by_exact_distances_where_float32_cdist_is_not():
+    # codes far from the origin: cdist's matrix-product form loses ~0.07 here, and reorders the
+    # top 5 of most rows; the compiled step's check then refused ACN on a 50,000-code bank
+    model, _ = _vae("acn", num_neighbours=5)
+    g = torch.Generator().manual_seed(0)
+    model.prior.codes = 300.0 + torch.randn(500, 4, generator=g)
+    queries = 300.0 + torch.randn(20, 4, generator=g)
+    exact = torch.cdist(queries.double(), model.prior.codes.double())
+    rough = torch.cdist(queries, model.prior.codes).topk(5, largest=False).indices
+    truth = exact.topk(5, largest=False).indices
+    assert (rough != truth).any(1).sum() >= 5  # the case is one float32 gets wrong
+    dist, idx = model.prior.neighbours(queries, exclude_nearest=False)
+    assert torch.equal(idx, truth)  # the same neighbours in the same order
+    assert torch.allclose(dist.double(), exact.gather(1, truth), rtol=1e-6)
+
+
 def test_acn_without_a_code_bank_says_what_to_do():
     model, _ = _vae("acn")
     with pytest.raises(RuntimeError, match="refresh"):
