@@ -101,6 +101,13 @@ def _log_px_row(r: dict) -> Row:
         "Monte Carlo SE the estimator's own noise at this K. It is a stochastic lower bound: a larger K can only raise it "
         "on average"
     )
+    if r.get("log_px_is") == "acn coding cost":
+        note = (
+            "the same estimator under the prior conditioned on each point's nearest training codes (ACN): a code length "
+            "per point given the training set's codes, not a log-likelihood; compare it with other ACN runs, not with a "
+            "VAE's log p(x). " + note
+        )
+        return Row("test coding cost (ACN)", value, note)
     return Row("test log p(x)", value, note)
 
 

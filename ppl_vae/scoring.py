@@ -108,6 +108,8 @@ def _log_px(s: Scoring) -> dict:
     report = s.estimate.as_dict()
     report["log_px_mc_se"] = report.pop("mc_se")
     report["log_px_per_point"] = s.estimate.per_point.tolist()  # for paired comparisons on the same points
+    if hooks.reads_training_data(s.model):  # p(z) is conditioned on training codes: log p(x) is a code length
+        report["log_px_is"] = "acn coding cost"
     if not full:
         report.pop("iwae_by_k", None)
     return report

@@ -41,8 +41,12 @@ def test_acn_options_reach_the_prior_and_its_ordered_coding_cost_is_reported(tmp
     out = tmp_path / "acn"
     args = ["train", *TINY, "--prior", "acn", "--acn-neighbours", "3", "--acn-hidden", "8,8", "--epochs", "1"]
     assert main([*args, "--out", str(out)]) == 0
-    assert "ordered coding cost (ACN)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ordered coding cost (ACN)" in printed
+    # its importance-sampled score is a code length under a prior that reads the training codes, and says so
+    assert "test coding cost (ACN)" in printed and "test log p(x)" not in printed
     result = json.loads((out / "result.json").read_text())
+    assert result["log_px_is"] == "acn coding cost"
     assert result["config"]["meta"]["model_kwargs"]["prior_kwargs"] == {"num_neighbours": 3, "hidden": [8, 8]}
     o = result["ordered_coding"]
     assert o["ordered_coding_cost"] == pytest.approx(o["ordered_rate"] + o["distortion"])
