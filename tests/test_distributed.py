@@ -63,6 +63,9 @@ def two_process_runs(tmp_path_factory):
     return root
 
 
+# three two-process launches (~50 s with the next test): slow tier, beside the kill-and-resume one;
+# the default tier keeps two processes against one on the combined batch
+@pytest.mark.slow
 def test_a_resumed_two_process_run_matches_an_uninterrupted_one(two_process_runs, capsys):
     whole, split = two_process_runs / "whole", two_process_runs / "split"
     a, b = _params(whole), _params(split)
@@ -76,6 +79,7 @@ def test_a_resumed_two_process_run_matches_an_uninterrupted_one(two_process_runs
     assert "written by 2 process(es)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # shares the three launches above
 def test_distributed_evaluation_equals_single_process_evaluation(two_process_runs, tmp_path, capsys):
     run = two_process_runs / "whole"
     assert main(["evaluate", str(run), "--k", "30", "--out", str(tmp_path / "one"), "--no-progress", "--device", "cpu"]) == 0

@@ -295,7 +295,8 @@ def test_a_resumed_compiled_run_equals_an_uninterrupted_one(tmp_path):
 # --------------------------------------------------------------------------- evaluation
 
 
-@pytest.mark.parametrize("which", ["vae", "hierarchical"])
+# the hierarchical pair compiles 4 graphs cold in ~35 s: slow tier; the VAE keeps the check in the default one
+@pytest.mark.parametrize("which", ["vae", pytest.param("hierarchical", marks=pytest.mark.slow)])
 def test_compiled_log_px_equals_eager_log_px_on_the_same_seed(which):
     from ppl_vae import log_px
     from ppl_vae.importance_sampling import _GRAPHS
