@@ -13,11 +13,14 @@
 #                 against the hand-written loop and plain Pyro, in one run     -> train_speed.json
 #   log_px        log p(x), K = 5,000 over the 10,000 MNIST test images        -> log_px_speed.json
 #   burda_pass    one pass of Burda et al.'s two-layer IWAE k=50 cell, scored  -> burda_pass.json
+#   iwae_push     (only when named in --steps) the 1-layer IWAE k=50 cell trained for --push-minutes
+#                 (default 8), scored where it stopped (K = 1,000, first 2,000 test images, as the
+#                 CPU tables of issue 26), with its checkpoint: a later push continues it -> iwae_push.json
 # and summary.json (each step's status and seconds). --data-dir must hold mnist.npz for the last
 # three at full size (without it they run on mnist5k); --quick shrinks every step to seconds.
 set -uo pipefail
 
-WHEELS="" DATA_DIR="" OUT="gpu_results" DEVICE="cuda" QUICK=0 STEPS="env,cuda_tests,train_speed,log_px,burda_pass"
+WHEELS="" DATA_DIR="" OUT="gpu_results" DEVICE="cuda" QUICK=0 STEPS="env,cuda_tests,train_speed,log_px,burda_pass" PUSH_MINUTES=8
 while [ $# -gt 0 ]; do
     case "$1" in
         --wheels) WHEELS="$2"; shift 2 ;;
@@ -26,6 +29,7 @@ while [ $# -gt 0 ]; do
         --device) DEVICE="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --steps) STEPS="$2"; shift 2 ;;
+        --push-minutes) PUSH_MINUTES="$2"; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -68,12 +72,14 @@ if [ "$QUICK" = 1 ]; then
     SPEED=(--cases vae100 --epochs 2 --rounds 1 --n 200 --no-pythae)
     LOGPX=(--n 40 --k 20 --chunk-k 10 --batch 20 --rounds 1)
     BURDA=(--dataset mnist5k --passes 1 --test-k 5 --test-n 20)
+    PUSH=(--dataset mnist5k --test-k 5 --test-n 20)
     TESTS=(-x -q)
 else
     SPEED=(--cases vae100,2layer-iwae50${DATA:+,full100} --epochs 3 --rounds 2 --no-pythae "${DATA[@]}")
     LOGPX=(--n 10000 --k 5000 --rounds 1 "${DATA[@]}")
     BURDA=(--passes 1 "${DATA[@]}")
-    [ ${#DATA[@]} -eq 0 ] && BURDA=(--dataset mnist5k --passes 1)
+    PUSH=(--test-k 1000 --test-n 2000 "${DATA[@]}")
+    [ ${#DATA[@]} -eq 0 ] && BURDA=(--dataset mnist5k --passes 1) && PUSH=(--dataset mnist5k --test-k 1000 --test-n 2000)
     TESTS=(-q)
 fi
 
@@ -103,6 +109,9 @@ step train_speed 150 "$PYTHON" benchmarks/train_speed.py --device "$DEVICE" "${S
 step log_px 120 "$PYTHON" benchmarks/log_px_speed.py --device "$DEVICE" "${LOGPX[@]}" --json "$OUT/log_px_speed.json"
 step burda_pass 150 "$PYTHON" benchmarks/reproduce_iwae.py --cell 2L-iwae50 --device "$DEVICE" "${BURDA[@]}" --no-progress \
     --out "$OUT/iwae" --json "$OUT/burda_pass.json"
+step iwae_push "$(awk -v m="$PUSH_MINUTES" 'BEGIN { printf "%d", 60 * m + 240 }')" "$PYTHON" benchmarks/reproduce_iwae.py \
+    --cell 1L-iwae50 --device "$DEVICE" "${PUSH[@]}" --minutes "$PUSH_MINUTES" --score-when-stopped --no-progress \
+    --out "$OUT/push" --json "$OUT/iwae_push.json"
 
 "$PYTHON" - "$STATUS" "$OUT/summary.json" <<'EOF'
 import json, sys

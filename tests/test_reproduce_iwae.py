@@ -34,7 +34,12 @@ def test_a_cell_run_in_pieces_scores_as_an_uninterrupted_one(script, tmp_path, c
     common = ["--cell", "2L-iwae5", "--dataset", "mnist5k", "--passes", "1", "--test-k", "20", "--test-n", "30",
               "--no-progress", "--device", "cpu", "--compile", "off"]  # fmt: skip
     assert script.main([*common, "--out", str(tmp_path / "whole")]) == 0
-    pieces, step = 0, 0
+    # the first piece is scored where it stopped (a push), and the pieces after it still end where a whole run ends
+    assert script.main([*common, "--out", str(tmp_path / "cut"), "--minutes", "0.025", "--score-when-stopped"]) == 0
+    pushed = json.loads((tmp_path / "cut" / "2L-iwae5" / "result.json").read_text())
+    assert pushed["steps"] == 96 and pushed["passes"] == round(96 / -(-pushed["n_train"] // 20), 3) < 1
+    assert "at step 96" in pushed["stopped"] and pushed["nll"] > 0
+    pieces, step = 1, 96
     while (status := script.main([*common, "--out", str(tmp_path / "cut"), "--minutes", "0.025"])) == 3:
         pieces += 1
         reached = load_checkpoint(tmp_path / "cut" / "2L-iwae5")["step"]
@@ -43,7 +48,7 @@ def test_a_cell_run_in_pieces_scores_as_an_uninterrupted_one(script, tmp_path, c
     assert status == 0 and pieces >= 1 and "run the same command to continue" in capsys.readouterr().out
     whole = json.loads((tmp_path / "whole" / "2L-iwae5" / "result.json").read_text())
     cut = json.loads((tmp_path / "cut" / "2L-iwae5" / "result.json").read_text())
-    assert cut["nll"] == whole["nll"] and cut["steps"] == whole["steps"] and cut["passes"] == 1
+    assert cut["nll"] == whole["nll"] and cut["steps"] == whole["steps"] and cut["passes"] == 1 and "stopped" not in cut
     assert set(cut["active_units"]) == {"z1", "z2", "total"} and cut["paper_nll"] == 83.89
     assert script.main([*common, "--out", str(tmp_path / "cut")]) == 0  # finished: read back, not retrained
     assert "finished already" in capsys.readouterr().out
