@@ -14,13 +14,13 @@
 #   log_px        log p(x), K = 5,000 over the 10,000 MNIST test images        -> log_px_speed.json
 #   burda_pass    one pass of Burda et al.'s two-layer IWAE k=50 cell, scored  -> burda_pass.json
 #   iwae_push     (only when named in --steps) the 1-layer IWAE k=50 cell trained for --push-minutes
-#                 (default 8), scored where it stopped (K = 1,000, first 2,000 test images, as the
+#                 (default 6), scored where it stopped (K = 1,000, first 2,000 test images, as the
 #                 CPU tables of issue 26), with its checkpoint: a later push continues it -> iwae_push.json
 # and summary.json (each step's status and seconds). --data-dir must hold mnist.npz for the last
 # three at full size (without it they run on mnist5k); --quick shrinks every step to seconds.
 set -uo pipefail
 
-WHEELS="" DATA_DIR="" OUT="gpu_results" DEVICE="cuda" QUICK=0 STEPS="env,cuda_tests,train_speed,log_px,burda_pass" PUSH_MINUTES=8
+WHEELS="" DATA_DIR="" OUT="gpu_results" DEVICE="cuda" QUICK=0 STEPS="env,cuda_tests,train_speed,log_px,burda_pass" PUSH_MINUTES=6
 while [ $# -gt 0 ]; do
     case "$1" in
         --wheels) WHEELS="$2"; shift 2 ;;
