@@ -91,8 +91,9 @@ def test_every_benchmark_is_smoke_tested():
 
 # two torchrun launches (about 40 s), and the two timing scripts (about 30 s each, timing rounds and
 # a compile): in the slow tier; the default tier runs torchrun in test_distributed, and the package
-# code they time in test_step and test_log_px
-SLOW_BENCH = {"distributed_speed.py", "train_speed.py", "log_px_speed.py"}
+# code they time in test_step and test_log_px. reproduce_iwae.py (13 s as a subprocess) runs
+# in-process in tests/test_reproduce_iwae.py, in pieces, scored and tabled
+SLOW_BENCH = {"distributed_speed.py", "train_speed.py", "log_px_speed.py", "reproduce_iwae.py"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_BENCH else n for n in sorted(BENCH_TINY)])
@@ -108,6 +109,8 @@ def test_benchmark_runs(name, tmp_path):
     assert json.loads(out.read_text())
 
 
+# ~22 s: its cuda_tests step reruns test_capture.py (in the default tier already) in a subprocess
+@pytest.mark.slow
 def test_the_gpu_check_dry_runs_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh assembles the package as installed, runs its steps with their time limits
     and writes one summary; here its first two steps, on the CPU (the CUDA tests skip)."""
