@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
 PIP_TORCH_ARGS ?=
+# test files are shared out to this many processes of one thread each (pytest-xdist; 0 = one process)
+TEST_WORKERS ?= 2
 RUN_ARGS ?= --dataset mnist5k --epochs 150 --z-dim 10 --eval-every 10 --test-k 1000 --out runs/mnist5k --overwrite
 
 .PHONY: install run test test-slow lint bench clean
@@ -26,10 +28,10 @@ run: $(STAMP)
 	$(BIN)/ppl-vae train $(RUN_ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check ppl_vae models guides tests examples benchmarks

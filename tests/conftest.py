@@ -1,8 +1,13 @@
 import os
 
-import pyro
-import pytest
-import torch
+# one thread per test process, inherited by the subprocesses tests start: tests run in parallel
+# (pytest-xdist, one worker per core), and two threads per process on a loaded core spin in OpenMP
+# barriers (a test file took 1.4x as long beside two busy processes with two threads as with one)
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pyro  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -25,6 +30,6 @@ def _fresh_pyro():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     pyro.enable_validation(True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     pyro.clear_param_store()

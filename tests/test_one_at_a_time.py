@@ -79,10 +79,11 @@ def test_log_px_of_a_pair_that_does_not_broadcast_matches_the_exact_marginal_and
     x = pair.sample(30)
     with warnings.catch_warnings(record=True) as first:
         warnings.simplefilter("always")
-        est = log_px(pair.model, pair.guide, x, k=4000, seed=0, compile="off")
+        est = log_px(pair.model, pair.guide, x, k=1000, seed=0, compile="off")
     assert _said(first) == 1 and runs_one_at_a_time(pair.model, pair.guide)
     exact = pair.exact_log_px(x)
-    # 4,000 draws per point from a broad guide: each point's estimate within 4 of its own MC SE (+ 0.01 for the bias)
+    # 1,000 draws per point from a broad guide: each point's estimate within 4 of its own MC SE (+ 0.01 for the
+    # bias; seeds 0-2 gave at most 2.6 SE and mean errors under 0.007)
     per_point_se = est.mc_se * math.sqrt(x.shape[0])
     assert (est.per_point - exact).abs().max() < 4 * per_point_se + 0.01, (est.per_point - exact).abs().max()
     with warnings.catch_warnings(record=True) as again:

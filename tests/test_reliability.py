@@ -41,7 +41,8 @@ TRAIN = [
     "50",
 ]
 TRAIN += ["--eval-every", "0", "--test-k", "5", "--no-progress", "--device", "cpu", "--checkpoint-every", "7"]
-EPOCHS = 30
+EPOCHS = 30  # long enough to be killed four times at random moments (the slow test)
+SHORT = 6  # long enough to be interrupted after its first checkpoint (step 7)
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -60,12 +61,21 @@ def _finish(proc, timeout=300):
     return proc.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
+def _straight(tmp_path_factory, epochs):
     out = tmp_path_factory.mktemp("straight")
-    code, _, err = _finish(_train(out, EPOCHS))
+    code, _, err = _finish(_train(out, epochs))
     assert code == 0, err
     return load_checkpoint(out / "checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    return _straight(tmp_path_factory, EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def short_straight_run(tmp_path_factory):
+    return _straight(tmp_path_factory, SHORT)
 
 
 def _same_run(a, b):
@@ -106,9 +116,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_straight_run_bit_for_bi
     print(f"kills {kills}, resumes {resumes + 1}, last killed at step {last_step} of {straight_run['step']}")
 
 
-def test_sigint_saves_a_checkpoint_mid_epoch_and_exits_cleanly(tmp_path, straight_run):
+def test_sigint_saves_a_checkpoint_mid_epoch_and_exits_cleanly(tmp_path, short_straight_run):
     out = tmp_path / "interrupted"
-    proc = _train(out, EPOCHS)
+    proc = _train(out, SHORT)
     deadline = time.time() + 60
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -117,10 +127,10 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_exits_cleanly(tmp_path, straigh
     assert code == 130, err
     assert "checkpoint saved at" in err and "--resume" in err and "Traceback" not in err
     state = load_checkpoint(out / "checkpoint.pt")
-    assert state["step"] < straight_run["step"]
-    code, _, err = _finish(_train(out, EPOCHS, "--resume"))
+    assert state["step"] < short_straight_run["step"]
+    code, _, err = _finish(_train(out, SHORT, "--resume"))
     assert code == 0, err
-    _same_run(load_checkpoint(out / "checkpoint.pt"), straight_run)
+    _same_run(load_checkpoint(out / "checkpoint.pt"), short_straight_run)
 
 
 def test_sigkill_during_checkpoint_writes_never_leaves_an_unreadable_file(tmp_path):
