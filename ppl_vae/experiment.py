@@ -151,8 +151,8 @@ def evaluate_checkpoint(
     the report is None on ranks other than 0 under torchrun."""
     if k < 1:
         raise ValueError(f"--k must be at least 1, got {k}")
-    if n_points < 0:
-        raise ValueError(f"--n-points must be 0 (all) or positive, got {n_points}")
+    if n_points < 0 or n_points == 1:  # one point has no standard error, no aggregate q(z), no neighbours
+        raise ValueError(f"--n-points must be 0 (all) or at least 2 (points to score), got {n_points}")
     if refine < 0:
         raise ValueError(f"--refine must be 0 (none) or a positive number of steps, got {refine}")
     setting = {"n": n_points, "seed": seed, "data-": where.get("data"), "refine": refine}

@@ -33,6 +33,10 @@ from .sites import guess_max_plate_nesting, site_terms
 # (a validation estimate, say) a compile on 2 CPU cores costs more than it saves
 AUTO_COMPILE_POINT_SAMPLES = 5_000_000
 
+# PSIS fits its Pareto tail to the largest min(0.2 K, 3 sqrt(K)) weights and needs at least 5 of
+# them (ArviZ returns k-hat = inf below that, and fails at K = 1): K = 21 is the first with 5
+PSIS_MIN_K = 21
+
 
 @dataclass
 class LogPx:
@@ -76,12 +80,15 @@ def psis_summary(k_hat: torch.Tensor) -> dict:
 def pareto_k_hat(log_w: torch.Tensor) -> torch.Tensor:
     """PSIS Pareto shape k-hat of each column's importance weights via ArviZ, ``(K, B) -> (B,)``.
 
-    Points whose weights are all equal (the exact posterior as proposal) get -1.
+    Points whose weights are all equal (the exact posterior as proposal) get -1. Refused below
+    :data:`PSIS_MIN_K` weights per point: there is no tail to fit.
     """
     import warnings
 
     import arviz as az
 
+    if log_w.shape[0] < PSIS_MIN_K:
+        raise ValueError(psis_too_few(log_w.shape[0]))
     with warnings.catch_warnings():  # ArviZ warns on large k-hat; the report says so itself
         warnings.simplefilter("ignore")
         _, k_hat = az.psislw(log_w.T.double().cpu().numpy(), reff=1.0)
@@ -89,6 +96,13 @@ def pareto_k_hat(log_w: torch.Tensor) -> torch.Tensor:
     # equal weights (an exact proposal) have no tail to fit: ArviZ gives inf; they are the best case
     constant = (log_w.max(0).values - log_w.min(0).values).cpu() < 1e-4
     return torch.where(constant, torch.full_like(k_hat, -1.0), k_hat)
+
+
+def psis_too_few(k: int) -> str:
+    return (
+        f"not computed: PSIS k-hat needs at least {PSIS_MIN_K} importance samples per point (its Pareto tail "
+        f"holds min(0.2 K, 3 sqrt K) of them and needs 5), got K = {k}"
+    )
 
 
 def iwae_ladder(log_w: torch.Tensor, ks) -> dict[int, torch.Tensor]:
@@ -226,7 +240,7 @@ def log_px(
     with tf32_matmul(tf32), contextlib.ExitStack() as isolated:
         if seed is not None:  # the checks' trial runs draw too: a seeded estimate leaves the caller's generators as they were
             isolated.enter_context(same_draws(x.device if torch.is_tensor(x) else torch.device("cpu")))
-        x, terms = _checked(model, guide, x, k, compile)
+        x, terms = _checked(model, guide, x, k, compile, psis)
         batch_size, chunk_k = scoring_chunk(batch_size, chunk_k, sample_width(model, guide, terms), x.device)
         mpn = guess_max_plate_nesting(model, guide, (x[:1],), {})
         refuse_point_masses(model, guide, x[:1], mpn)
@@ -241,13 +255,15 @@ def log_px(
     return _combine([done[i] for i in range(len(batches))], k)
 
 
-def _checked(model, guide, x, k: int, compile: str):
+def _checked(model, guide, x, k: int, compile: str, psis: bool):
     """``x`` as a float tensor, refused with the reason where the trainer would refuse it, and the
     site terms of one run of the pair on it."""
     from .checks import check_pair_on_data
 
     if k < 1:
         raise ValueError(f"k (importance samples) must be at least 1, got {k}")
+    if psis and k < PSIS_MIN_K:
+        raise ValueError(f"psis=True: {psis_too_few(k)}")
     if compile not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, got '{compile}'")
     x = as_data_tensor(x, "log_px data")

@@ -128,6 +128,8 @@ def _ladder_row(r: dict) -> Row:
 
 def _k_hat_row(r: dict) -> Row:
     kh = r["k_hat"]
+    if "skipped" in kh:
+        return Row("PSIS k-hat", kh["skipped"], "run with a larger --k to know whether log p(x) can be trusted")
     share = kh["share_above_0.7"]
     value = f"share > 0.7: {share:.1%}, share > 0.5: {kh['share_above_0.5']:.1%}, median {kh['median']:.2f}, max {kh['max']:.2f}"
     if not math.isfinite(kh["median"]):
@@ -158,6 +160,8 @@ def _elbo_row(r: dict) -> Row:
 
 def _knn_row(r: dict) -> Row:
     c = r["code_knn"]
+    if "skipped" in c:
+        return Row("k-NN accuracy of the codes", c["skipped"], "")
     value = f"{100 * c['knn_accuracy']:.2f}% ± {100 * c['knn_accuracy_se']:.2f}% ({c['k']}-NN over {c['points']} test codes)"
     note = f"each code (posterior mean) labelled by its {c['k']} nearest other test codes; the majority class is {100 * c['majority_class']:.1f}%"
     return Row("k-NN accuracy of the codes", value, note)

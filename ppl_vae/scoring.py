@@ -27,7 +27,7 @@ import torch
 from . import distributed, hooks
 from .evaluate import active_units, elbo_terms, posterior_moments
 from .global_latents import GlobalScaled, validation_elbo
-from .importance_sampling import NoDensityError, log_px
+from .importance_sampling import PSIS_MIN_K, NoDensityError, log_px, psis_too_few
 
 LADDER = (1, 5, 50, 500, 5000)
 LEVELS = ("summary", "full")
@@ -100,8 +100,9 @@ def _log_px(s: Scoring) -> dict:
     full = s.level == "full"
     ladder = sorted({j for j in LADDER if j < s.k} | {s.k}) if full else ()
     try:
+        psis = full and s.k >= PSIS_MIN_K  # fewer draws leave no tail to fit: the report says so
         s.estimate = log_px(
-            s.model, s.guide, s.x, k=s.k, ladder=ladder, psis=full, progress=s.progress, seed=s.seed, compile=s.compile
+            s.model, s.guide, s.x, k=s.k, ladder=ladder, psis=psis, progress=s.progress, seed=s.seed, compile=s.compile
         )
     except NoDensityError as err:  # a deterministic encoder: reconstruction and q(z) tests only
         return {"log_px": None, "log_px_note": str(err), "n": s.x.shape[0], "k": None}
@@ -112,6 +113,8 @@ def _log_px(s: Scoring) -> dict:
         report["log_px_is"] = "acn coding cost"
     if not full:
         report.pop("iwae_by_k", None)
+    elif s.k < PSIS_MIN_K:
+        report["k_hat"] = {"skipped": psis_too_few(s.k)}
     return report
 
 
@@ -150,7 +153,7 @@ def _codes(s: Scoring) -> dict:
     means = _try(s.posterior_means) if s.labels is not None else {}
     if len(means) == 1 and "skipped" not in means:
         (codes,) = means.values()
-        out["code_knn"] = knn_accuracy(codes, s.labels[: codes.shape[0]])
+        out["code_knn"] = _try(knn_accuracy, codes, s.labels[: codes.shape[0]])
     prior = getattr(s.model, "prior", None)
     if s.density and hasattr(prior, "conditional") and hasattr(prior, "encode"):
         distortion = torch.tensor(s.report["distortion_per_point"], device=s.x.device)

@@ -106,6 +106,20 @@ def test_psis_k_hat_is_small_for_a_good_proposal_and_large_for_a_heavy_tailed_mi
     assert (exact.k_hat == -1).all()  # equal weights: nothing to fit, the best case
 
 
+def test_psis_needs_21_draws_per_point_and_says_so_instead_of_a_verdict():
+    lg = correlated_linear_gaussian()
+    x = lg.sample_data(30, seed=2)
+    with pytest.raises(ValueError, match="at least 21 importance samples per point.*K = 20"):
+        log_px(lg, ShiftedPosteriorGuide(lg), x, k=20, psis=True)
+    fewest = log_px(lg, ShiftedPosteriorGuide(lg), x, k=21, psis=True)
+    assert torch.isfinite(fewest.k_hat).all()  # ArviZ gave inf for every point below 21 (read as "all unreliable")
+    for k in (1, 20):  # K = 1 made ArviZ fail with an IndexError
+        report = score(lg, ShiftedPosteriorGuide(lg), x, level="full", k=k)
+        assert np.isfinite(report["log_px"]) and f"K = {k}" in report["k_hat"]["skipped"]
+        row = next(row for row in report_rows(report) if row[0] == "PSIS k-hat")
+        assert row[1].startswith("not computed") and "--k" in row[2]
+
+
 def test_iwae_ladder_comes_from_one_pass_and_grows_with_k():
     lg = correlated_linear_gaussian()
     x = lg.sample_data(200, seed=3)
@@ -247,6 +261,7 @@ def test_diagnostics_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
     x = torch.bernoulli(torch.rand(20, 64))
     report = score(HierarchicalVAE(**layers), HierarchicalGuide(**layers), x, level="full", k=10)
     assert "one latent site" in report["prior_match"]["skipped"]
+    assert "needs at least 21" in report["k_hat"]["skipped"]  # K = 10
     assert np.isfinite(report["log_px"])
     # the rate's split and the correlations take every latent site together
     assert report["surgery"]["joint"] and report["surgery"]["points"] == 20

@@ -89,8 +89,12 @@ def test_evaluate_writes_its_own_folder_and_checks_its_output_first(tmp_path, ca
     assert main(base) == 0
     assert (out / "eval-k4" / "evaluation.json").exists()
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == pictures  # training pictures untouched
-    assert main([*base, "--n-points", "-1"]) == 2
-    assert "--n-points must be 0 (all) or positive" in _err(capsys)
+    for bad in ("-1", "1"):
+        assert main([*base, "--n-points", bad]) == 2
+        assert f"--n-points must be 0 (all) or at least 2 (points to score), got {bad}" in _err(capsys)
+    assert main([*base, "--n-points", "3", "--k", "1"]) == 0  # too few codes for 5 neighbours, one draw for PSIS: said
+    report = json.loads((out / "eval-k1-n3" / "evaluation.json").read_text())
+    assert "needs more than 5 codes" in report["code_knn"]["skipped"] and "K = 1" in report["k_hat"]["skipped"]
     (tmp_path / "f").write_text("")
     assert main([*base, "--out", str(tmp_path / "f")]) == 2
     assert "is a file" in _err(capsys)
