@@ -13,8 +13,11 @@ from .cli_data_options import add_data_options
 
 
 def _int_list(text: str) -> list[int]:
+    parts = [t.strip() for t in text.split(",")]
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        if "" in parts:  # '400,,200' is a typo, not two layers
+            raise ValueError
+        return [int(t) for t in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400,200, got '{text}'") from None
 

@@ -71,6 +71,12 @@ def test_silent_training_inputs_are_refused(tmp_path, capsys, extra, message):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_an_empty_width_is_a_typo_not_a_missing_layer(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:  # '8,,8' was read as two layers of 8
+        main(["train", *TINY, "--out", str(tmp_path / "run"), "--hidden", "8,,8"])
+    assert stop.value.code == 2 and "expected comma-separated integers like 400,200, got '8,,8'" in _err(capsys)
+
+
 def test_paths_that_name_the_wrong_kind_of_thing_are_refused(tmp_path, capsys):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
