@@ -91,7 +91,7 @@ def cmd_sample(args) -> int:
     from .experiment import sample_checkpoint
 
     paths, notes = sample_checkpoint(
-        args.checkpoint, n=args.n, out=args.out, device=args.device, seed=args.seed,
+        args.checkpoint, n=args.n, out=args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
         data=args.data, data_dir=args.data_dir, model=args.model, guide=args.guide,
     )  # fmt: skip
     for line in notes:

@@ -340,8 +340,9 @@ def _add_sample(sub) -> None:
         help="draw samples and reconstructions from a checkpoint",
         description="Write samples.png (unconditional samples; the ACN prior samples by its chain through the prior network) and reconstructions.png (test data and their reconstructions) for a trained checkpoint.",
     )
-    _add_checkpoint_options(sp, default_out="the checkpoint's folder")
+    _add_checkpoint_options(sp, default_out="sample-n<N> beside the checkpoint")
     sp.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    sp.add_argument("--overwrite", action="store_true", help="replace pictures already in the --out folder (refused without it)")
 
 
 def _add_evaluate(sub) -> None:

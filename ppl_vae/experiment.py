@@ -21,7 +21,7 @@ from .global_latents import global_sites
 from .importance_sampling import check_scoring_time
 from .labelled_runs import labelled_run, with_classes
 from .pair import build_pair, check_pair_names, restore_pair
-from .run_folder import CHECKPOINT_NAME, RESULT_NAME, evaluation_folder, provenance, write_json
+from .run_folder import CHECKPOINT_NAME, RESULT_NAME, evaluation_folder, provenance, sample_folder, write_json
 from .scoring import score
 from .train import Trainer
 
@@ -187,10 +187,18 @@ def evaluation_title(report: dict) -> str:
 
 
 def sample_checkpoint(
-    checkpoint: str | Path, n: int = 64, out: str | Path | None = None, device: str = "auto", seed: int = 0, **where
+    checkpoint: str | Path,
+    n: int = 64,
+    out: str | Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    overwrite: bool = False,
+    **where,
 ):
     """``samples.png`` (and ``reconstructions.png`` where the data are there) of a checkpoint into
-    ``out`` or the checkpoint's folder; returns the pictures' paths by name and the restore's notes."""
+    ``out`` or ``sample-n<N>/`` beside it (:func:`ppl_vae.run_folder.sample_folder`: the training
+    run's pictures are never replaced silently); returns the pictures' paths by name and the
+    restore's notes."""
     import numpy as np
     import torch
 
@@ -198,10 +206,7 @@ def sample_checkpoint(
 
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
-    ckpt = Path(checkpoint)
-    folder = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {folder} is a file; name a folder for the pictures")
+    folder = sample_folder(checkpoint, n, out, overwrite, seed=seed, **{"data-": where.get("data")})
     pair, data = _restore(checkpoint, folder, device, need_data=False, **where)
     seed_everything(seed)
     if data is None:  # the checkpoint alone: unconditional samples, no reconstructions

@@ -10,14 +10,15 @@ A training run's folder holds::
     reconstructions.png    samples.png
     eval-k<K>/             one folder per ``ppl-vae evaluate --k K``: evaluation.json, .md,
                            posterior.nc and the report's pictures (eval-best-k<K>/ for best.pt)
+    sample-n<N>/           one folder per ``ppl-vae sample --n N``: samples.png, reconstructions.png
 
 A comparison's folder holds compare.md/.csv/.json, its figures and one run folder per variant.
 
 Rules: a new run gets a new folder (``runs/<dataset>-<model>-<guide>-<objective>-<time>``);
 a non-empty folder is refused unless the run resumes it (``--resume``) or replaces it
 (``--overwrite``, which removes the files named above and nothing else); once a run writes a
-new checkpoint, the evaluations of the old one (``eval-k*``) are removed, so no report is left
-beside a checkpoint it does not describe.
+new checkpoint, the evaluations and samples of the old one (``eval-k*``, ``sample-n*``) are
+removed, so no report is left beside a checkpoint it does not describe.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ METRICS = (
 )  # fmt: skip
 COMPARE_FILES = ("compare.md", "compare.csv", "compare.json", "validation_curves.png", "rate_distortion.png")
 EVAL_PREFIX = "eval-"
+SAMPLE_PREFIX = "sample-"
 
 
 def _slug(text: str) -> str:
@@ -60,7 +62,8 @@ def new_run_folder(*parts: str, root: str = "runs") -> Path:
 
 
 def stale_evaluations(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("eval-*") if p.is_dir())
+    """The folders ``evaluate`` and ``sample`` wrote beside a checkpoint."""
+    return sorted(p for prefix in (EVAL_PREFIX, SAMPLE_PREFIX) for p in folder.glob(prefix + "*") if p.is_dir())
 
 
 def claim_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False, files=RUN_FILES) -> list[str]:
@@ -125,22 +128,42 @@ def evaluation_folder(checkpoint: str | Path, k: int, out: str | Path | None = N
     A folder that already holds an evaluation is refused unless ``overwrite``: a quick check never
     replaces a costly report silently.
     """
-    if out is not None:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"--out {path} is a file; name a folder for the evaluation's outputs")
-    else:
-        ckpt = Path(checkpoint)
-        stem = "" if ckpt.is_dir() or ckpt.name == CHECKPOINT_NAME else f"{_slug(ckpt.stem)}-"
-        parts = [f"{EVAL_PREFIX}{stem}k{k}"]
-        parts += [f"{key}{_slug(Path(str(value)).stem)}" for key, value in setting.items() if value]
-        path = (ckpt if ckpt.is_dir() else ckpt.parent) / "-".join(parts)
+    path = _output_folder(checkpoint, EVAL_PREFIX, f"k{k}", out, "evaluation's outputs", setting)
     done = path / EVALUATION_FILES[0]
     if done.exists() and not overwrite:
         raise ValueError(
             f"{path} already holds an evaluation ({done.name}); pass --overwrite to replace it, or --out for another folder"
         )
     return path
+
+
+def sample_folder(checkpoint: str | Path, n: int, out: str | Path | None = None, overwrite: bool = False, **setting) -> Path:
+    """Where ``sample --n N`` writes: ``sample-n<N>/`` beside the checkpoint (with ``-seed<S>``,
+    ``-data-<name>`` as :func:`evaluation_folder`; the same setting draws the same pictures, so
+    they are simply redrawn), or ``--out``, where pictures already there (a training run's own,
+    say) are refused unless ``overwrite``."""
+    path = _output_folder(checkpoint, SAMPLE_PREFIX, f"n{n}", out, "pictures", setting)
+    there = [name for name in PICTURES if (path / name).exists()]
+    if out is not None and there and not overwrite:
+        raise ValueError(
+            f"{path} already holds {' and '.join(there)}; pass --overwrite to replace them, or --out for another folder"
+        )
+    return path
+
+
+def _output_folder(checkpoint, prefix: str, first: str, out, what: str, setting: dict) -> Path:
+    """``out`` (refused if a file), or ``<prefix>[<checkpoint stem>-]<first>[-<key><value>...]``
+    beside the checkpoint, naming the settings that are not the defaults."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--out {path} is a file; name a folder for the {what}")
+        return path
+    ckpt = Path(checkpoint)
+    stem = "" if ckpt.is_dir() or ckpt.name == CHECKPOINT_NAME else f"{_slug(ckpt.stem)}-"
+    parts = [f"{prefix}{stem}{first}"]
+    parts += [f"{key}{_slug(Path(str(value)).stem)}" for key, value in setting.items() if value]
+    return (ckpt if ckpt.is_dir() else ckpt.parent) / "-".join(parts)
 
 
 # --------------------------------------------------------------------------- what each file records

@@ -161,6 +161,21 @@ def test_an_evaluation_is_never_replaced_silently_and_changed_data_are_noticed(t
     assert any("differ" in note for note in json.loads((run / "eval-k7" / "evaluation.json").read_text())["notes"])
 
 
+def test_sampling_never_replaces_the_training_runs_pictures(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--z-dim", "2", *TINY, "--out", str(run)]) == 0
+    trained = {name: (run / name).read_bytes() for name in ("samples.png", "reconstructions.png")}
+    sample = ["sample", str(run), "--n", "4", "--device", "cpu"]
+    assert main(sample) == 0 and main(sample) == 0  # its own folder; the same setting simply redraws
+    assert (run / "sample-n4" / "samples.png").exists() and (run / "sample-n4" / "reconstructions.png").exists()
+    capsys.readouterr()
+    code, out = _run([*sample, "--out", str(run)], capsys)  # was: the run's pictures replaced
+    assert code == 2 and "already holds reconstructions.png and samples.png" in out and "--overwrite" in out
+    assert {name: (run / name).read_bytes() for name in trained} == trained
+    assert main([*sample, "--out", str(run), "--overwrite"]) == 0
+    assert (run / "samples.png").read_bytes() != trained["samples.png"]
+
+
 def test_a_checkpoint_of_random_bytes_is_one_message_without_torch_advice(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"\x80\x02garbage" * 50)
     code, out = _run(["evaluate", str(tmp_path), "--no-progress", "--device", "cpu"], capsys)

@@ -49,6 +49,8 @@ def test_train_then_evaluate_writes_json_and_pictures(tmp_path, capsys):
     evaluation = json.loads((out / "eval-k30" / "evaluation.json").read_text())  # its own folder, beside the run
     assert evaluation["k"] == 30 and {"log_px", "log_px_se"} <= set(evaluation)
     assert abs(evaluation["log_px"] - result["log_px"]) < 3.0
+    assert main(["sample", str(out), "--n", "4", "--device", "cpu"]) == 0
+    assert (out / "sample-n4" / "samples.png").exists()
     # resume to 3 epochs in total continues the same run
     assert (
         main(
@@ -78,7 +80,8 @@ def test_train_then_evaluate_writes_json_and_pictures(tmp_path, capsys):
     )
     resumed = json.loads((out / "result.json").read_text())
     assert len(resumed["history"]) == 3 and resumed["data_init"] == result["data_init"]  # kept, not done again
-    assert not (out / "eval-k30").exists()  # the report of the 2-epoch model is not left beside the 3-epoch one
+    # the report and samples of the 2-epoch model are not left beside the 3-epoch one
+    assert not (out / "eval-k30").exists() and not (out / "sample-n4").exists()
 
 
 @pytest.mark.parametrize(

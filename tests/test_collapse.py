@@ -34,7 +34,7 @@ def test_a_pixelcnn_vae_trains_resumes_to_the_bit_evaluates_and_samples(tmp_path
     assert main(["evaluate", str(tmp_path / "whole" / "checkpoint.pt"), "--k", "4", "--no-progress", "--device", "cpu"]) == 0
     assert "k-NN accuracy of the codes" in capsys.readouterr().out
     assert main(["sample", str(tmp_path / "whole" / "checkpoint.pt"), "--n", "4", "--device", "cpu"]) == 0
-    assert (tmp_path / "whole" / "samples.png").stat().st_size > 100
+    assert (tmp_path / "whole" / "sample-n4" / "samples.png").stat().st_size > 100
 
 
 def test_acn_options_reach_the_prior_and_its_ordered_coding_cost_is_reported(tmp_path, capsys):

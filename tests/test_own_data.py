@@ -137,7 +137,7 @@ def test_train_evaluate_and_sample_own_data_through_the_cli(tmp_path, capsys):
     np.save(tmp_path / "other.npy", _digits_uint8(100))
     assert main(["sample", str(out), "--n", "4", "--device", "cpu", "--data", str(tmp_path / "other.npy")]) == 0
     assert "differ from the data the model was trained on" in capsys.readouterr().err
-    assert (out / "samples.png").exists()
+    assert (out / "sample-n4-data-other" / "samples.png").exists()
 
 
 def test_a_test_split_of_another_shape_is_refused_before_training(tmp_path, capsys):

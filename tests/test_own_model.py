@@ -73,6 +73,7 @@ def test_a_function_model_and_a_class_guide_from_a_file_train_evaluate_and_sampl
     assert main(["evaluate", str(out), "--k", "5", "--no-progress", "--device", "cpu"]) == 0
     assert json.loads((out / "eval-k5" / "evaluation.json").read_text())["k"] == 5
     assert main(["sample", str(out), "--n", "4", "--device", "cpu"]) == 0
+    assert (out / "sample-n4" / "samples.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -134,9 +135,9 @@ def test_sample_needs_no_data(tmp_path, capsys):
     argv = ["train", "--data", str(tmp_path / "d.npy"), "--hidden", "8", "--z-dim", "2", "--out", str(out)]
     assert main([*argv, *COMMON]) == 0
     (tmp_path / "d.npy").unlink()
-    (out / "samples.png").unlink()
     assert main(["sample", str(out), "--n", "9", "--device", "cpu"]) == 0
-    assert "samples only" in capsys.readouterr().err and (out / "samples.png").exists()
+    assert "samples only" in capsys.readouterr().err and (out / "sample-n9" / "samples.png").exists()
+    assert not (out / "sample-n9" / "reconstructions.png").exists()
 
 
 @pytest.mark.parametrize(
