@@ -63,13 +63,25 @@ def new_run_folder(*parts: str, root: str = "runs") -> Path:
 
 def stale_evaluations(folder: Path) -> list[Path]:
     """The folders ``evaluate`` and ``sample`` wrote beside a checkpoint."""
-    return sorted(p for prefix in (EVAL_PREFIX, SAMPLE_PREFIX) for p in folder.glob(prefix + "*") if p.is_dir())
+    return sorted(p for prefix in (EVAL_PREFIX, SAMPLE_PREFIX) for p in Path(folder).glob(prefix + "*") if p.is_dir())
+
+
+def remove_stale_outputs(folder: str | Path) -> str | None:
+    """Remove the evaluations and samples of the checkpoint a new one replaces; the line saying so."""
+    removed = []
+    for old in stale_evaluations(Path(folder)):
+        shutil.rmtree(old)
+        removed.append(old.name + "/")
+    return f"removed from {folder} (a new checkpoint replaces the run they described): {', '.join(removed)}" if removed else None
 
 
 def claim_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False, files=RUN_FILES) -> list[str]:
     """Check that ``out`` may take this run; returns lines saying what was removed.
 
     A file, or a non-empty folder without ``resume`` or ``overwrite``, is refused with the fix.
+    ``overwrite`` removes the run's files (``files``) and its evaluations here; a resumed run's
+    evaluations stay until it writes its first checkpoint (:func:`remove_stale_outputs`): a resume
+    that is refused (other settings, say) loses nothing.
     """
     path = Path(out)
     if path.exists() and not path.is_dir():
@@ -98,12 +110,10 @@ def claim_run_folder(out: str | Path, resume: bool = False, overwrite: bool = Fa
             if sub.is_dir() and (sub / "checkpoint.pt").exists() and files is COMPARE_FILES:
                 shutil.rmtree(sub)
                 removed.append(sub.name + "/")
-    for old in stale_evaluations(path):
-        shutil.rmtree(old)
-        removed.append(old.name + "/")
     if removed:
-        notes.append(f"removed from {path} (a new checkpoint replaces the run they described): {', '.join(removed)}")
-    return notes
+        notes.append(f"removed from {path} (the run is replaced): {', '.join(removed)}")
+    stale = remove_stale_outputs(path) if overwrite else None
+    return notes + ([stale] if stale else [])
 
 
 def write_metrics(history: list[dict], folder: str | Path) -> Path:

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from . import progress as bars
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .device import rng_state, set_rng_state
 from .pair import load_buffers, named_buffers
+from .run_folder import CHECKPOINT_NAME, remove_stale_outputs
 
 
 def same_run_settings(config: TrainConfig, saved: TrainConfig) -> list[str]:
@@ -36,13 +38,14 @@ def save_training(trainer, path: str | os.PathLike) -> Path | None:
     """Write everything an exact resume of ``trainer`` needs (parameters, optimizer, schedule,
     history, the epoch in progress: its data order, partial loss and skipped batches, and every
     rank's random state). Under torchrun every rank calls it (their RNG states are gathered) and
-    rank 0 writes; others return None."""
+    rank 0 writes; others return None. The run's own checkpoint, once written, removes the
+    evaluations and samples of the one it replaced."""
     rngs = distributed.gather_objects(rng_state())
     if not distributed.is_main():
         return None
     extra = {"world_size": len(rngs), "rng_ranks": rngs} if len(rngs) > 1 else {}
     total = trainer.epoch_total if trainer.epoch_total is not None else torch.zeros(())
-    return save_checkpoint(
+    written = save_checkpoint(
         {
             "config": asdict(trainer.config),
             "params": trainer.state_dict(),
@@ -62,6 +65,12 @@ def save_training(trainer, path: str | os.PathLike) -> Path | None:
         },
         path,
     )
+    out = trainer.config.out
+    if out and written.name == CHECKPOINT_NAME and written.resolve() == (Path(out) / CHECKPOINT_NAME).resolve():
+        note = remove_stale_outputs(out)
+        if note:
+            bars.write(note)
+    return written
 
 
 def resume_training(trainer, path: str | os.PathLike) -> None:

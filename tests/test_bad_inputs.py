@@ -133,12 +133,18 @@ def test_a_point_mass_guide_is_followed_by_its_reconstruction_error_not_an_elbo(
 def test_resume_to_fewer_epochs_than_trained_is_refused(tmp_path, capsys):
     base = ["train", "--dataset", "digits", "--z-dim", "2", *TINY[2:], "--out", str(tmp_path)]
     assert main([*base, "--epochs", "2"]) == 0
+    assert main(["evaluate", str(tmp_path), "--k", "3", "--no-progress", "--device", "cpu"]) == 0
+    assert main(["sample", str(tmp_path), "--n", "4", "--device", "cpu"]) == 0
+    kept = (tmp_path / "eval-k3" / "evaluation.json", tmp_path / "sample-n4" / "samples.png")
     capsys.readouterr()
     code, out = _run([*base, "--epochs", "1", "--resume"], capsys)
     assert code == 2 and "has trained 2 epochs, more than the 1 asked for" in out
     assert json.loads((tmp_path / "result.json").read_text())["epochs"] == 2  # the result is as it was
     code, out = _run([*base, "--epochs", "3", "--resume", "--z-dim", "3"], capsys)
     assert code == 2 and "meta.model_kwargs.z_dim: 2 -> 3" in out and "meta.guide_kwargs.z_dim: 2 -> 3" in out
+    assert all(path.exists() for path in kept)  # a refused resume wrote no checkpoint: its reports stand (were removed)
+    code, out = _run([*base, "--epochs", "3", "--resume"], capsys)
+    assert code == 0 and "removed from" in out and not any(path.exists() for path in kept)
 
 
 def test_an_evaluation_is_never_replaced_silently_and_changed_data_are_noticed(tmp_path, capsys):
