@@ -135,15 +135,16 @@ class TrainConfig:
     def changes_from(self, saved: TrainConfig) -> list[str]:
         """Each identity option (nested ones by their path) whose value differs from ``saved``'s,
         as ``name: old -> new``."""
-        return _differences(saved.identity(), self.identity())
+        return differences(saved.identity(), self.identity())
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Each key (nested ones by their path) whose value differs between two dicts, as ``key: old -> new``."""
     out = []
     for key in sorted(set(old) | set(new), key=str):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += differences(a, b, f"{prefix}{key}.")
         elif _plain(a) != _plain(b):
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out

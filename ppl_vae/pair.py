@@ -99,18 +99,33 @@ def model_only_params(model, guide, x: torch.Tensor, params: dict[str, torch.Ten
     return sorted(n for n in params if n in in_model.trace.nodes and n not in in_guide.trace.nodes)
 
 
-def fix_model_from(checkpoint, model, guide, x: torch.Tensor, params: dict[str, torch.Tensor], device) -> dict:
+# what makes a run's p(x, z) (and its data) another one: --model-from refuses a checkpoint that differs
+MODEL_META = ("dataset", "data_sha256", "scale", "layout", "image_shape", "model", "model_kwargs")
+
+
+def fix_model_from(checkpoint, model, guide, x: torch.Tensor, params: dict[str, torch.Tensor], device, meta=None) -> dict:
     """Load the model's own parameters (:func:`model_only_params`) from ``checkpoint`` and hold them
     fixed: they leave ``params`` (what the step differentiates and the optimizer moves) and are
-    returned by name."""
+    returned by name. Where both runs record their spec (``meta``, as the command line does), a
+    model or data that differ (:data:`MODEL_META`; a likelihood of the same shapes, say) are refused."""
+    from .config import differences
 
     names = model_only_params(model, guide, x, params, device)
     if not names:
         raise ValueError(f"--model-from {checkpoint}: the model registers no parameters of its own to take from it")
     try:
-        saved = load_checkpoint(checkpoint)["params"]
+        state = load_checkpoint(checkpoint)
     except CheckpointError as err:
         raise CheckpointError(f"--model-from: {err}") from None
+    saved_meta = (state.get("config") or {}).get("meta") or {}
+    if meta and saved_meta:
+        changed = differences({k: saved_meta.get(k) for k in MODEL_META}, {k: meta.get(k) for k in MODEL_META})
+        if changed:
+            raise CheckpointError(
+                f"--model-from {checkpoint}: its model or data differ from this run's ({'; '.join(changed[:4])}); "
+                "only the guide may change"
+            )
+    saved = state["params"]
     missing = [n for n in names if n not in saved]
     shapes = [
         f"{n} {tuple(saved[n].shape)} vs {tuple(params[n].shape)}"

@@ -44,7 +44,25 @@ def test_the_model_is_taken_from_the_run_and_held_fixed_while_the_guide_trains(d
 def test_a_model_that_does_not_match_is_refused_with_the_names(decoder_run, tmp_path, capsys):
     argv = ["train", *RUN, "--hidden", "8", "--model-from", str(decoder_run), "--out", str(tmp_path / "x")]
     assert main(argv) == 2
-    assert "does not match this one" in capsys.readouterr().err
+    assert "its model or data differ from this run's (model_kwargs.hidden: [16] -> [8])" in capsys.readouterr().err
+    # the same shapes, another p(x|z): was trained on silently as a continuous Bernoulli decoder
+    argv = ["train", *RUN, "--likelihood", "continuous_bernoulli", "--model-from", str(decoder_run), "--out", str(tmp_path / "c")]
+    assert main(argv) == 2
+    assert "model_kwargs.likelihood: 'bernoulli' -> 'continuous_bernoulli'" in capsys.readouterr().err
     assert main(["train", *RUN, "--model-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "--model-from: checkpoint" in err and "does not exist" in err
+
+
+def test_from_python_without_a_recorded_spec_the_parameter_shapes_are_checked(decoder_run, tmp_path):
+    from ppl_vae import TrainConfig, Trainer
+    from ppl_vae.checkpoint import CheckpointError
+    from ppl_vae.data import load_dataset
+    from ppl_vae.guides import MeanFieldGuide
+    from ppl_vae.models import VAE
+
+    x = load_dataset("digits").train.x[:100]
+    config = TrainConfig(epochs=1, progress=False, eval_every=0, model_from=str(decoder_run), out=str(tmp_path))
+    trainer = Trainer(VAE(x_dim=64, z_dim=3, hidden=(8,)), MeanFieldGuide(x_dim=64, z_dim=3, hidden=(8,)), config)
+    with pytest.raises(CheckpointError, match=r"does not match this one .*decoder.0.weight \(16, 3\) vs \(8, 3\)"):
+        trainer.fit(torch.bernoulli(x), dynamic=False)
