@@ -106,10 +106,13 @@ MODEL_META = ("dataset", "data_sha256", "scale", "layout", "image_shape", "model
 def fix_model_from(checkpoint, model, guide, x: torch.Tensor, params: dict[str, torch.Tensor], device, meta=None) -> dict:
     """Load the model's own parameters (:func:`model_only_params`) from ``checkpoint`` and hold them
     fixed: they leave ``params`` (what the step differentiates and the optimizer moves) and are
-    returned by name. Where both runs record their spec (``meta``, as the command line does), a
-    model or data that differ (:data:`MODEL_META`; a likelihood of the same shapes, say) are refused."""
+    returned by name (none without a ``checkpoint``). Where both runs record their spec (``meta``,
+    as the command line does), a model or data that differ (:data:`MODEL_META`; a likelihood of the
+    same shapes, say) are refused."""
     from .config import differences
 
+    if not checkpoint:
+        return {}
     names = model_only_params(model, guide, x, params, device)
     if not names:
         raise ValueError(f"--model-from {checkpoint}: the model registers no parameters of its own to take from it")

@@ -97,9 +97,7 @@ class Trainer:
             self.objective.set_progress(self.step, self.epoch)
         self.params = capture_params(lambda: self.objective.differentiable_loss(self.model, self.guide, x), self.device)
         cfg, params = self.config, self.params  # fix_model_from takes the fixed ones out of params
-        self.fixed = (
-            fix_model_from(cfg.model_from, self.model, self.guide, x, params, self.device, cfg.meta) if cfg.model_from else {}
-        )
+        self.fixed = fix_model_from(cfg.model_from, self.model, self.guide, x, params, self.device, cfg.meta)
         # capturable on CUDA: the step counter lives on the device, so no update reads the host
         self.optimizer = torch.optim.Adam(params.values(), lr=cfg.lr, eps=cfg.adam_eps, capturable=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
