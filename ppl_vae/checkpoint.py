@@ -71,7 +71,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        runs = sorted(str(p.parent) for p in path.parent.glob("*/checkpoint.pt"))  # a comparison's folder, say
+        hint = f": {path.parent} holds the runs {', '.join(runs[:6])}; name one of them" if runs else ""
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated or foreign files raise many kinds of errors; torch's advice to load

@@ -220,7 +220,15 @@ def sample_checkpoint(
 
 
 def _restore(checkpoint, folder: Path, device: str, need_data: bool = True, **where):
-    """Check the output folder (before any work), then rebuild the checkpoint's pair and data."""
+    """Check the output folder (before any work), then rebuild the checkpoint's pair and data; a
+    folder made here is removed again if that fails (a refused command leaves nothing behind)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folders check_output_folder makes
     check_output_folder(folder, needed_bytes=2**20)
-    check_pair_names(where.get("model"), where.get("guide"))
-    return restore_pair(checkpoint, device=device, need_data=need_data, **where)
+    try:
+        check_pair_names(where.get("model"), where.get("guide"))
+        return restore_pair(checkpoint, device=device, need_data=need_data, **where)
+    except BaseException:
+        for path in made:  # innermost first, each only while empty
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise

@@ -186,6 +186,18 @@ def test_a_checkpoint_of_random_bytes_is_one_message_without_torch_advice(tmp_pa
     (tmp_path / "checkpoint.pt").write_bytes(b"\x80\x02garbage" * 50)
     code, out = _run(["evaluate", str(tmp_path), "--no-progress", "--device", "cpu"], capsys)
     assert code == 2 and "truncated or not a ppl_vae checkpoint" in out and "weights_only" not in out
+    assert not list(tmp_path.glob("eval-*"))  # a refused command leaves no empty folder behind
+
+
+def test_a_missing_checkpoint_names_the_runs_of_a_comparison_and_leaves_no_folders(tmp_path, capsys):
+    for run in ("elbo", "iwae_k=5"):  # a comparison's folder holds one run folder per variant
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "checkpoint.pt").write_bytes(b"")
+    code, out = _run(["evaluate", str(tmp_path), "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and f"holds the runs {tmp_path / 'elbo'}, {tmp_path / 'iwae_k=5'}; name one of them" in out
+    code, out = _run(["sample", str(tmp_path / "not" / "there.pt"), "--device", "cpu"], capsys)
+    assert code == 2 and "does not exist" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elbo", "iwae_k=5"]  # no eval-k1000/, no not/sample-n64/
 
 
 # --------------------------------------------------------------------------- failing before the work, not after
