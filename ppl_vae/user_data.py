@@ -140,6 +140,9 @@ def _read_raw(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
+NPZ_KEYS = ("x_train", "x_val", "x_valid", "x_test", "y_train", "y_val", "y_valid", "y_test")
+
+
 def _arrays(handle, path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".npy":
         return {"x_train": np.load(handle, allow_pickle=False)}
@@ -147,10 +150,43 @@ def _arrays(handle, path: Path) -> dict[str, np.ndarray]:
     with np.load(handle, allow_pickle=False) as f:
         if "x_train" not in f.files:
             raise DataError(f"{path} has no array 'x_train' (it has {f.files}); name the training points x_train")
-        for key in ("x_train", "x_val", "x_valid", "x_test", "y_train", "y_val", "y_valid", "y_test"):
+        _refuse_misspelt_splits(f.files, path)
+        for key in NPZ_KEYS:
             if key in f.files:
                 raw[key.replace("valid", "val")] = f[key]
     return raw
+
+
+def _refuse_misspelt_splits(names: list[str], path: Path) -> None:
+    """Other arrays are left alone, but one named almost as a split ('x_tset') is a typo that would
+    silently lose that split (a test split held out of x_train instead, say)."""
+    import difflib
+
+    for name in names:
+        if name in NPZ_KEYS:
+            continue
+        close = difflib.get_close_matches(name.lower(), NPZ_KEYS, n=1, cutoff=0.75)
+        if close:
+            raise DataError(
+                f"{path.name} holds an array '{name}', not read: did you mean '{close[0]}'? (the arrays read are "
+                f"{', '.join(NPZ_KEYS)})"
+            )
+
+
+def _labels(y, what: str) -> np.ndarray:
+    """Class labels as int64, one per point: whole numbers from 0 (as the k-NN accuracy and the
+    classifier count them), refused otherwise with the first offending row."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{what} has shape {y.shape}: one class label per point (N,); from one-hot rows take y.argmax(1)")
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{what} holds {y.dtype} values: class labels must be whole numbers 0, 1, 2, ...")
+    bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)) | (y < 0)) if y.dtype.kind == "f" else np.flatnonzero(y < 0)
+    if bad.size:
+        raise DataError(
+            f"{what} row {bad[0]} is {y[bad[0]]}: class labels must be whole numbers 0, 1, 2, ... ({bad.size} rows are not)"
+        )
+    return y.astype(np.int64)
 
 
 def _splits(raw: dict, path: Path, layout: str) -> dict:
@@ -162,6 +198,8 @@ def _splits(raw: dict, path: Path, layout: str) -> dict:
             continue
         x = _points(x, f"{path.name} x_{split}", layout)
         y = raw.get(f"y_{split}")
+        if y is not None:
+            y = _labels(y, f"{path.name} y_{split}")
         if y is not None and len(y) != len(x):
             raise DataError(f"{path.name}: y_{split} has {len(y)} labels for {len(x)} points in x_{split}")
         splits[split] = (x, y)

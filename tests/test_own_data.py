@@ -2,6 +2,7 @@
 checked before training, NumPy and float64 inputs from Python, portable checkpoints."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -81,6 +82,28 @@ def test_an_npz_with_its_own_splits_and_labels(tmp_path):
     np.savez(tmp_path / "nox.npz", images=x)
     with pytest.raises(DataError, match="no array 'x_train'"):
         load_dataset(str(tmp_path / "nox.npz"))
+    np.savez(tmp_path / "extra.npz", x_train=x[:50], x_test=x[50:], x_valid=x[50:], x_mean=x.mean(0), y_train=np.arange(50.0) % 3)
+    assert load_dataset(str(tmp_path / "extra.npz")).train.labels.tolist()[:4] == [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [  # each was read without a word before: a split lost to a typo, labels cast to 0 or crashing after training
+        ({"x_tset": 10}, "holds an array 'x_tset', not read: did you mean 'x_test'?"),
+        ({"Y_train": 50}, "holds an array 'Y_train', not read: did you mean 'y_train'?"),
+        ({"y_train": np.linspace(0, 1, 50)}, "y_train row 1 is 0.0204"),
+        ({"y_train": -(np.arange(50) % 3)}, "y_train row 1 is -1: class labels must be whole numbers 0, 1, 2, ... (33 rows"),
+        ({"y_train": np.eye(3)[np.arange(50) % 3]}, "y_train has shape (50, 3): one class label per point"),
+        ({"y_train": np.array(["a", "b"] * 25)}, "y_train holds <U1 values"),
+    ],
+)
+def test_misnamed_splits_and_labels_that_are_not_classes_are_refused(tmp_path, arrays, message):
+    x = _digits_uint8(60)
+    arrays = {k: (x[:v] if isinstance(v, int) and k.startswith("x") else v) for k, v in arrays.items()}
+    arrays = {k: (np.arange(v) % 3 if isinstance(v, int) else v) for k, v in arrays.items()}
+    np.savez(tmp_path / "d.npz", x_train=x[:50], **arrays)
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_dataset(str(tmp_path / "d.npz"))
 
 
 def test_a_folder_of_images(tmp_path):
