@@ -61,9 +61,15 @@ def new_run_folder(*parts: str, root: str = "runs") -> Path:
     return path
 
 
+# what evaluate and sample write: reports, the ArviZ export, pictures
+REPORT_SUFFIXES = (".json", ".md", ".html", ".nc", ".png")
+
+
 def stale_evaluations(folder: Path) -> list[Path]:
-    """The folders ``evaluate`` and ``sample`` wrote beside a checkpoint."""
-    return sorted(p for prefix in (EVAL_PREFIX, SAMPLE_PREFIX) for p in Path(folder).glob(prefix + "*") if p.is_dir())
+    """The folders ``evaluate`` and ``sample`` wrote beside a checkpoint: named as they name them
+    and holding only such files (a folder of the user's that happens to be called ``eval-x`` stays)."""
+    found = (p for prefix in (EVAL_PREFIX, SAMPLE_PREFIX) for p in Path(folder).glob(prefix + "*") if p.is_dir())
+    return sorted(p for p in found if all(f.is_file() and f.suffix in REPORT_SUFFIXES for f in p.iterdir()))
 
 
 def remove_stale_outputs(folder: str | Path) -> str | None:

@@ -136,6 +136,8 @@ def test_resume_to_fewer_epochs_than_trained_is_refused(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--k", "3", "--no-progress", "--device", "cpu"]) == 0
     assert main(["sample", str(tmp_path), "--n", "4", "--device", "cpu"]) == 0
     kept = (tmp_path / "eval-k3" / "evaluation.json", tmp_path / "sample-n4" / "samples.png")
+    (tmp_path / "eval-notes").mkdir()
+    (tmp_path / "eval-notes" / "mine.py").write_text("# a user's folder, named as evaluations are")
     capsys.readouterr()
     code, out = _run([*base, "--epochs", "1", "--resume"], capsys)
     assert code == 2 and "has trained 2 epochs, more than the 1 asked for" in out
@@ -145,6 +147,7 @@ def test_resume_to_fewer_epochs_than_trained_is_refused(tmp_path, capsys):
     assert all(path.exists() for path in kept)  # a refused resume wrote no checkpoint: its reports stand (were removed)
     code, out = _run([*base, "--epochs", "3", "--resume"], capsys)
     assert code == 0 and "removed from" in out and not any(path.exists() for path in kept)
+    assert (tmp_path / "eval-notes" / "mine.py").exists()
 
 
 def test_an_evaluation_is_never_replaced_silently_and_changed_data_are_noticed(tmp_path, capsys):
