@@ -15,7 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .run_folder import BEST_NAME, TENSORBOARD_DIR
+from . import progress as bars
+from .run_folder import BEST_NAME, TENSORBOARD_DIR, remove_stale_outputs
 
 # metrics.csv column -> TensorBoard tag
 TAGS = {
@@ -99,6 +100,9 @@ def keep_as_best(checkpoint: Path) -> Path:
     tmp = target.with_name(BEST_NAME + ".tmp")
     shutil.copyfile(checkpoint, tmp)
     os.replace(tmp, target)
+    note = remove_stale_outputs(target.parent, BEST_NAME)  # the reports of the best epoch before this one
+    if note:
+        bars.write(note)
     return target
 
 

@@ -17,8 +17,9 @@ A comparison's folder holds compare.md/.csv/.json, its figures and one run folde
 Rules: a new run gets a new folder (``runs/<dataset>-<model>-<guide>-<objective>-<time>``);
 a non-empty folder is refused unless the run resumes it (``--resume``) or replaces it
 (``--overwrite``, which removes the files named above and nothing else); once a run writes a
-new checkpoint, the evaluations and samples of the old one (``eval-k*``, ``sample-n*``) are
-removed, so no report is left beside a checkpoint it does not describe.
+new checkpoint, the evaluations and samples of the old one (``eval-k*``, ``sample-n*``; those of
+``best.pt`` when a new best epoch replaces it) are removed, so no report is left beside a
+checkpoint it does not describe.
 """
 
 from __future__ import annotations
@@ -65,17 +66,22 @@ def new_run_folder(*parts: str, root: str = "runs") -> Path:
 REPORT_SUFFIXES = (".json", ".md", ".html", ".nc", ".png")
 
 
-def stale_evaluations(folder: Path) -> list[Path]:
-    """The folders ``evaluate`` and ``sample`` wrote beside a checkpoint: named as they name them
-    and holding only such files (a folder of the user's that happens to be called ``eval-x`` stays)."""
+def stale_evaluations(folder: Path, checkpoint: str | None = None) -> list[Path]:
+    """The folders ``evaluate`` and ``sample`` wrote beside a checkpoint (``checkpoint.pt`` or
+    ``best.pt`` by name; every one without): named as they name them and holding only such files
+    (a folder of the user's that happens to be called ``eval-x`` stays)."""
+    stem = "" if checkpoint in (None, CHECKPOINT_NAME) else f"{_slug(Path(checkpoint).stem)}-"
+    named = re.compile(rf"({EVAL_PREFIX}|{SAMPLE_PREFIX}){re.escape(stem)}[kn]\d" if checkpoint else ".")
     found = (p for prefix in (EVAL_PREFIX, SAMPLE_PREFIX) for p in Path(folder).glob(prefix + "*") if p.is_dir())
-    return sorted(p for p in found if all(f.is_file() and f.suffix in REPORT_SUFFIXES for f in p.iterdir()))
+    ours = (p for p in found if named.match(p.name))
+    return sorted(p for p in ours if all(f.is_file() and f.suffix in REPORT_SUFFIXES for f in p.iterdir()))
 
 
-def remove_stale_outputs(folder: str | Path) -> str | None:
-    """Remove the evaluations and samples of the checkpoint a new one replaces; the line saying so."""
+def remove_stale_outputs(folder: str | Path, checkpoint: str | None = None) -> str | None:
+    """Remove the evaluations and samples of ``checkpoint`` (a name in ``folder``; all without),
+    which a new one replaces; the line saying so."""
     removed = []
-    for old in stale_evaluations(Path(folder)):
+    for old in stale_evaluations(Path(folder), checkpoint):
         shutil.rmtree(old)
         removed.append(old.name + "/")
     return f"removed from {folder} (a new checkpoint replaces the run they described): {', '.join(removed)}" if removed else None

@@ -135,7 +135,10 @@ def test_resume_to_fewer_epochs_than_trained_is_refused(tmp_path, capsys):
     assert main([*base, "--epochs", "2"]) == 0
     assert main(["evaluate", str(tmp_path), "--k", "3", "--no-progress", "--device", "cpu"]) == 0
     assert main(["sample", str(tmp_path), "--n", "4", "--device", "cpu"]) == 0
+    assert main(["sample", str(tmp_path / "epoch2.pt"), "--n", "4", "--device", "cpu"]) == 2  # not there: no folder
     kept = (tmp_path / "eval-k3" / "evaluation.json", tmp_path / "sample-n4" / "samples.png")
+    (tmp_path / "mine.pt").write_bytes((tmp_path / "checkpoint.pt").read_bytes())  # a user's copy of epoch 2
+    assert main(["sample", str(tmp_path / "mine.pt"), "--n", "4", "--device", "cpu"]) == 0
     (tmp_path / "eval-notes").mkdir()
     (tmp_path / "eval-notes" / "mine.py").write_text("# a user's folder, named as evaluations are")
     capsys.readouterr()
@@ -147,7 +150,7 @@ def test_resume_to_fewer_epochs_than_trained_is_refused(tmp_path, capsys):
     assert all(path.exists() for path in kept)  # a refused resume wrote no checkpoint: its reports stand (were removed)
     code, out = _run([*base, "--epochs", "3", "--resume"], capsys)
     assert code == 0 and "removed from" in out and not any(path.exists() for path in kept)
-    assert (tmp_path / "eval-notes" / "mine.py").exists()
+    assert (tmp_path / "eval-notes" / "mine.py").exists() and (tmp_path / "sample-mine-n4" / "samples.png").exists()
 
 
 def test_an_evaluation_is_never_replaced_silently_and_changed_data_are_noticed(tmp_path, capsys):

@@ -217,3 +217,18 @@ def test_markdown_tables_parse_back_with_as_many_cells_as_their_header(tmp_path,
     report = (out / "elbo_mean_field" / "eval-k3" / "evaluation.md").read_text().strip().splitlines()
     assert any("KL(q(z)\\|\\|p(z))" in line for line in report)
     assert len({_cells(line) for line in report if line.startswith("|")}) == 1
+
+
+def test_a_new_checkpoint_removes_its_own_reports_and_no_others(tmp_path):
+    from ppl_vae.run_folder import remove_stale_outputs
+
+    names = ["eval-k3", "eval-k3-n5", "sample-n4", "eval-best-k3", "sample-best-n4", "eval-mine-k3", "eval-notes"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ("mine.py" if name == "eval-notes" else "evaluation.json")).write_text("{}")
+    note = remove_stale_outputs(tmp_path, "checkpoint.pt")
+    assert "eval-k3/, eval-k3-n5/, sample-n4/" in note
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval-best-k3", "eval-mine-k3", "eval-notes", "sample-best-n4"]
+    assert "eval-best-k3/, sample-best-n4/" in remove_stale_outputs(tmp_path, "best.pt")  # a new best epoch
+    assert remove_stale_outputs(tmp_path, "best.pt") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval-mine-k3", "eval-notes"]  # another checkpoint's; the user's
