@@ -32,7 +32,7 @@ from .pixels import as_data_tensor
 from .run_folder import BEST_NAME, CHECKPOINT_NAME
 from .scoring import validation
 from .train_setup import check_training_pair, choose_step, initialise_from_data
-from .train_state import kept_checkpoint, resume_training, save_training
+from .train_state import kept_checkpoint, resume_or_start, save_training
 
 __all__ = ["NAN_CHECKS", "NAN_POLICIES", "Interrupted", "ParamStoreNote", "TrainConfig", "Trainer", "TrainingError", "stage_lr"]
 
@@ -172,11 +172,7 @@ class Trainer:
         distributed.broadcast_tensors(list(self.params.values()) + buffers_of(self.model, self.guide))
         if cfg.out and distributed.is_main():
             check_output_folder(cfg.out, needed_bytes=3 * sum(p.numel() * p.element_size() for p in self.params.values()) + 2**20)
-        if resume:
-            path = self._checkpoint_path()
-            if path is None:
-                raise ValueError("resume needs config.out, the folder holding the checkpoint")
-            resume_training(self, path)
+        resume_or_start(self, resume)
         self.epoch_order = batches.state() if self.epoch_order is None else self.epoch_order
         choose_step(self, batches, dynamic)
         self.tensorboard = TensorBoardLog(cfg.out, self.epoch) if cfg.tensorboard and distributed.is_main() else None

@@ -73,6 +73,23 @@ def save_training(trainer, path: str | os.PathLike) -> Path | None:
     return written
 
 
+def resume_or_start(trainer, resume: bool) -> None:
+    """Continue from the checkpoint in ``config.out`` (``resume``), or start afresh where none is:
+    a new run does not write over another run's checkpoint (the command line's --overwrite removes
+    it first)."""
+    out = trainer.config.out
+    path = Path(out) / CHECKPOINT_NAME if out else None
+    if resume:
+        if path is None:
+            raise ValueError("resume needs config.out, the folder holding the checkpoint")
+        resume_training(trainer, path)
+    elif path is not None and path.exists():
+        raise ValueError(
+            f"config.out {out} holds another run's {CHECKPOINT_NAME}: fit(resume=True) continues it; a new run needs "
+            "another out (or that run's files removed)"
+        )
+
+
 def resume_training(trainer, path: str | os.PathLike) -> None:
     """Load the state :func:`save_training` wrote into ``trainer``, refusing a checkpoint of another
     run (each changed setting named with its old and new value), of more epochs than the

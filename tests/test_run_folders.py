@@ -13,6 +13,7 @@ from ppl_vae import TrainConfig, Trainer, TrainingError
 from ppl_vae.cli import main
 from ppl_vae.data import load_dataset
 from ppl_vae.guides import MeanFieldGuide
+from ppl_vae.models import VAE
 from ppl_vae.run_folder import write_json
 
 from helpers import PoisonedDecoderVAE
@@ -135,6 +136,19 @@ def test_skip_fails_when_every_batch_of_an_epoch_is_skipped(tmp_path):
     config = TrainConfig(epochs=2, batch_size=50, progress=False, eval_every=0, nan_policy="skip", out=str(tmp_path))
     with pytest.raises(TrainingError, match="every batch of epoch 1 .* was skipped"):
         Trainer(model, guide, config).fit(train_x, val_x, dynamic=True)
+
+
+def test_a_new_run_from_python_does_not_write_over_another_runs_checkpoint(tmp_path):
+    train_x, val_x = _digits()
+    config = TrainConfig(epochs=1, batch_size=50, out=str(tmp_path), progress=False, eval_every=0)
+    pair = (VAE(x_dim=64, z_dim=3, hidden=(16,)), MeanFieldGuide(x_dim=64, z_dim=3, hidden=(16,)))
+    Trainer(*pair, config).fit(train_x, val_x, dynamic=True)
+    first = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="holds another run's checkpoint.pt: fit\\(resume=True\\) continues it"):
+        Trainer(*pair, config).fit(train_x, val_x, dynamic=True)  # was: the first run's checkpoint replaced
+    assert (tmp_path / "checkpoint.pt").read_bytes() == first
+    Trainer(*pair, TrainConfig(**{**config.__dict__, "epochs": 2})).fit(train_x, val_x, dynamic=True, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() != first
 
 
 def test_json_output_is_strict(tmp_path):
