@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .device import seed_everything
 from .labels import label_args
-from .registry import GUIDES, MODELS, PAIRED_NAMES
+from .registry import GUIDES, LOCAL_DATASETS, MODELS, PAIRED_NAMES
 from .user_code import is_file_ref, load_user_callable, resolve_ref
 
 
@@ -296,6 +296,11 @@ def _relocate_data(spec: dict, data, data_dir) -> tuple[list[str], bool]:
         notes.append(f"data: {Path(data).resolve()} instead of the recorded {spec['dataset']}")
         spec.update(dataset=str(Path(data).resolve()), data_dir=None)
     elif data_dir is not None:
+        if spec.get("dataset") not in LOCAL_DATASETS:  # as train refuses it: the folder would not be read
+            raise CheckpointError(
+                f"--data-dir is read by the data sets kept in local files ({', '.join(LOCAL_DATASETS)}); this checkpoint's "
+                f"data ({spec.get('dataset')}) are not one of them: drop --data-dir (--data PATH names a file)"
+            )
         notes.append(f"data folder: {data_dir} instead of the recorded {spec.get('data_dir')}")
         spec["data_dir"] = data_dir
     recorded = spec.get("data_sha256")

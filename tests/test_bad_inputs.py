@@ -203,6 +203,11 @@ def test_a_missing_checkpoint_names_the_runs_of_a_comparison_and_leaves_no_folde
     assert code == 2 and f"holds the runs {tmp_path / 'elbo'}, {tmp_path / 'iwae_k=5'}; name one of them" in out
     code, out = _run(["sample", str(tmp_path / "not" / "there.pt"), "--device", "cpu"], capsys)
     assert code == 2 and "does not exist" in out
+    run = tmp_path / "elbo"
+    assert main(["train", "--dataset", "digits", "--z-dim", "2", *TINY, "--out", str(run), "--overwrite"]) == 0
+    code, out = _run(["sample", str(run), "--data-dir", str(tmp_path)], capsys)  # was: a note, and the folder unread
+    assert code == 2 and "this checkpoint's data (digits) are not one of them: drop --data-dir" in out
+    assert not (run / "sample-n64").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elbo", "iwae_k=5"]  # no eval-k1000/, no not/sample-n64/
 
 
