@@ -37,6 +37,9 @@ def main(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2, default=str)
+    failed = [r["variant"] for r in rows if r["status"] != "ok"]
+    if failed:  # the table says why; a script that ran on must not exit as if all went well
+        raise SystemExit(f"{len(failed)} of {len(rows)} variants failed: {', '.join(failed)}")
     return rows
 
 

@@ -74,6 +74,13 @@ def check_pair_on_data(
     finally:
         param_store.mark_own()  # what the check registered is the pair's, not a user's own
     _check_observed(terms, first, what, getattr(model, "observed_width", None))
+    for name in terms.guide_terms:  # a layer of width 0 trains and scores without a word otherwise
+        value = terms.guide_trace.nodes[name]["value"]
+        if value.numel() == 0:
+            raise ContractError(
+                f"the guide's latent site '{name}' holds no values (shape {tuple(value.shape)}): a latent layer needs "
+                "at least one dimension"
+            )
     for name in terms.observed:
         support = terms.model_trace.nodes[name]["fn"].support
         ok = torch.cat([support.check(chunk).reshape(chunk.shape[0], -1).all(-1) for chunk in x.split(4096)])

@@ -53,13 +53,13 @@ def paired_difference(variant: list[list[float]], first: list[list[float]], sign
     per_point = a - b  # (seeds, points)
     seeds, n = per_point.shape
     by_seed = per_point.mean(1)
-    var = per_point.mean(0).var(ddof=1) / n if n > 1 else 0.0
+    var = per_point.mean(0).var(ddof=1) / n if n > 1 else math.nan  # one point: no spread to measure, no interval
     if seeds > 1:
         var += by_seed.var(ddof=1) / seeds
     diff, se = float(by_seed.mean()), math.sqrt(var)
     half = quantile(seeds) * se
     low, high = diff - half, diff + half
-    better = bool(low > 0) if sign > 0 else bool(high < 0)
+    better = bool(low > 0) if sign > 0 else bool(high < 0)  # False when the interval is unknown (nan)
     return {"difference": diff, "se": se, "low": low, "high": high, "seeds": seeds, "better": better}
 
 

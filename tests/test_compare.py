@@ -58,3 +58,23 @@ def test_compare_command_line(tmp_path, capsys):
     assert "| elbo | ok |" in out and "| iwae:k=2 | ok |" in out
     assert main(["compare", "--objectives", "elbo,bogus", "--out", str(tmp_path)]) == 2
     assert "unknown objective 'bogus'" in capsys.readouterr().err
+
+
+def test_a_comparison_with_a_run_that_raised_exits_1_and_names_it(tmp_path, capsys, monkeypatch):
+    real = compare_module.train_and_report
+
+    def broken(spec, config, **kw):
+        if config.objective == "iwae:k=2" and config.seed == 1:
+            raise RuntimeError("out of memory")
+        return real(spec, config, **kw)
+
+    monkeypatch.setattr(compare_module, "train_and_report", broken)
+    argv = ["compare", "--objectives", "elbo,iwae:k=2", "--dataset", "digits", "--epochs", "1", "--hidden", "8", "--z-dim", "2"]
+    argv += ["--test-k", "3", "--eval-every", "0", "--seeds", "2", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 1  # was 0: a lost result behind a zero exit status
+    captured = capsys.readouterr()
+    assert (
+        "1 run(s) failed, the table says why: iwae:k=2 seed 1" in captured.err and "| elbo | ok (2 of 2 seeds) |" in captured.out
+    )
+    rows = json.loads((tmp_path / "c" / "compare.json").read_text())["rows"]
+    assert rows[0]["status"] == "ok" and [r["status"] for r in rows[1]["runs"]] == ["ok", "failed"]  # the rest is kept

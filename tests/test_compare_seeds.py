@@ -45,6 +45,9 @@ def test_the_paired_difference_is_its_formula():
     assert paired_difference([[1.0, 1.1, 0.9, 1.0]], [[2.0, 2.1, 2.0, 1.9]], sign=-1.0)["better"]
     with pytest.raises(ValueError, match="other test points"):
         paired_difference([[1.0, 2.0]], [[1.0]], sign=1.0)
+    # one test point has no spread: no interval and no verdict (was: SE 0, a zero-width interval, 'better')
+    single = paired_difference([[-5.0]], [[-26.3]], sign=1.0)
+    assert single["difference"] == pytest.approx(21.3) and math.isnan(single["se"]) and not single["better"]
 
 
 def test_the_interval_covers_the_true_difference_at_its_nominal_rate():
