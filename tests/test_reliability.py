@@ -265,6 +265,19 @@ def test_mismatched_sites_and_a_missing_data_plate_are_contract_errors():
     with pytest.raises(ContractError, match="not inside pyro.plate\\('data'\\)"):
         Trainer(no_plate_model, no_plate_guide, TrainConfig(progress=False)).fit(x, None)
 
+    def empty_model(x):  # a layer of width 0 (a typo'd --z1 0 in a tutorial) trained without a word before
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 0), 1.0).to_event(1))
+            logits = z.sum(-1, keepdim=True) + x.new_zeros(x.shape)
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def empty_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 0), 1.0).to_event(1))
+
+    with pytest.raises(ContractError, match="the guide's latent site 'z' holds no values .* at least one dimension"):
+        Trainer(empty_model, empty_guide, TrainConfig(progress=False)).fit(x, None)
+
 
 def test_unwritable_output_and_full_disk_are_refused_before_training(tmp_path, monkeypatch):
     x = torch.bernoulli(_digits()[0])
