@@ -85,8 +85,12 @@ def cmd_compare(args) -> int:
     folder = Path(args.out)
     print(f"wrote {folder / 'compare.md'}, compare.csv, compare.json, compare.html, validation_curves.png, rate_distortion.png")
     # a run that raised is a lost result (one that diverged is an answer): the exit status says so
-    failed = [r["variant"] + (f" seed {run['seed']}" if "runs" in r else "") for r in rows for run in r.get("runs", [r])]
-    failed = [name for name, run in zip(failed, (run for r in rows for run in r.get("runs", [r]))) if run["status"] == "failed"]
+    failed = [
+        r["variant"] + (f" seed {run['seed']}" if "runs" in r else "")  # one row per variant, its seeds in "runs"
+        for r in rows
+        for run in r.get("runs", [r])
+        if run["status"] == "failed"
+    ]
     if failed:
         _note(f"{len(failed)} run(s) failed, the table says why: {', '.join(failed)}")
     return 0 if rows and not failed and any(r["status"] == "ok" for r in rows) else 1
