@@ -11,6 +11,7 @@ Adding an objective is one factory and one line in :data:`ppl_vae.registry.OBJEC
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from ..registry import OBJECTIVES
@@ -54,6 +55,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             params[key] = cast(value)
         except ValueError:
             raise ValueError(f"objective parameter {key}='{value}' in '{spec}' is not a {cast.__name__}") from None
+        if cast is float and not math.isfinite(params[key]):  # beta=nan passed every "< 0" check and trained on nan
+            raise ValueError(f"objective parameter {key}='{value}' in '{spec}' must be a finite number")
     return name, params
 
 
