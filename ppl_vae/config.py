@@ -105,7 +105,7 @@ class TrainConfig:
                 raise ValueError("give lr_stages or lr_decay, not both")
         if not self.adam_eps > 0:
             raise ValueError(f"adam_eps must be positive, got {self.adam_eps}")
-        if self.time_limit < 0:
+        if not self.time_limit >= 0:  # nan too
             raise ValueError(f"time_limit must be 0 (none) or positive seconds, got {self.time_limit}")
         if self.aux_weight is not None and not self.aux_weight >= 0:
             raise ValueError(f"aux_weight must be 0 or positive, got {self.aux_weight}")

@@ -160,7 +160,7 @@ def check_run_arguments(args) -> None:
         value = getattr(args, name)
         if not value > 0 or (name == "lr_decay" and value > 1):
             raise ValueError(f"{_flag(name)} must be {'in (0, 1]' if name == 'lr_decay' else 'positive'}, got {value:g}")
-    if args.time_limit < 0:
+    if not args.time_limit >= 0:  # nan too: it meant no limit without a word
         raise ValueError(f"--time-limit must be 0 (no limit) or a positive number of minutes, got {args.time_limit:g}")
     _check_data_source(args)
     check_model_options(args)

@@ -95,6 +95,7 @@ def test_an_unreadable_npz_is_one_clean_message(tmp_path, content):
         (["--dataset", "digits", "--objective", "iwae:k=5,k=50"], "objective parameter 'k' is given twice"),
         (["--dataset", "digits", "--objective", "elbo:beta=nan"], "beta='nan' in 'elbo:beta=nan' must be a finite number"),
         (["--dataset", "digits", "--time-limit", "-1"], "--time-limit must be 0 (no limit) or a positive number of minutes"),
+        (["--dataset", "digits", "--time-limit", "nan"], "--time-limit must be 0 (no limit) or a positive number of minutes"),
         (["--dataset", "digits", "--guide", "deterministic"], "a MAP-like objective"),
     ],
 )
