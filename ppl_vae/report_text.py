@@ -43,6 +43,7 @@ def report_rows(r: dict) -> list[Row]:
     rows += [_sigma_row(r)] if "encoder_sigma" in r else []
     later = (
         ("classification_error", _classification_row),
+        ("classification_note", lambda r: Row("test classification error", r["classification_note"], "")),
         ("code_knn", _knn_row),
         ("ordered_coding", _ordered_row),
         ("surgery", _split_row),

@@ -248,7 +248,16 @@ def _pictures(s: Scoring) -> dict:
 def _classification(s: Scoring) -> dict:
     from .labels import classification_error
 
+    if s.labels is None:  # a guide with a classifier, test points without labels: say why there is no error rate
+        return {"classification_note": "not measured: the test points have no labels (y_test in an .npz)"}
     return classification_error(s.guide, s.x, s.labels[: s.x.shape[0]]) or {}
+
+
+def _classifies(s: Scoring) -> bool:
+    from .labels import classifier
+
+    with torch.no_grad():
+        return s.labels is not None or classifier(s.guide, s.x[:2]) is not None
 
 
 def _inference_data(s: Scoring) -> dict:
@@ -267,7 +276,7 @@ STAGES: list[Stage] = [
     Stage("log p(x) by importance sampling", _log_px),
     Stage("ELBO, rate and distortion", _elbo),
     Stage("active units", _units),
-    Stage("test classification error", _classification, when=lambda s: s.labels is not None),
+    Stage("test classification error", _classification, when=_classifies),
     Stage("k-NN accuracy of the codes; the ordered coding cost", _codes),
     Stage("tests of q(z) against the prior", _prior_match, when=lambda s: s.level == "full" or s.prior_tests),
     Stage("KL per dimension and the rate's split", _kl_split, when=_full, needs_density=True,

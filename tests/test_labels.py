@@ -298,3 +298,18 @@ def test_a_guide_site_y_that_is_not_a_class_is_no_classifier():
     error = classification_error(net.guide, W[torch.tensor([0, 1, 2])], torch.tensor([0, 1, 2]))
     probs = torch.softmax(net.classify(W), -1)
     assert error["classification_error"] == pytest.approx((probs.argmax(-1) != torch.arange(3)).float().mean().item())
+
+
+def test_a_classifier_scored_on_unlabelled_test_points_says_why_there_is_no_error_rate():
+    from ppl_vae.guides.labelled import SSVAEGuide
+    from ppl_vae.models.labelled import SSVAE
+    from ppl_vae.report_text import report_rows
+    from ppl_vae.scoring import score
+
+    pyro.set_rng_seed(0)
+    model, guide, x = SSVAE(64, 3, 10, (16,)), SSVAEGuide(64, 3, 10, (16,)), torch.bernoulli(torch.rand(20, 64))
+    report = score(model, guide, x, k=3)  # no labels: was no word of the classifier at all
+    assert "classification_error" not in report and "no labels" in report["classification_note"]
+    assert any(row[0] == "test classification error" and "not measured" in row[1] for row in report_rows(report))
+    labelled = score(model, guide, x, k=3, labels=torch.arange(20) % 10)
+    assert 0 <= labelled["classification_error"] <= 1 and "classification_note" not in labelled
