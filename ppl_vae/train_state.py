@@ -66,7 +66,7 @@ def save_training(trainer, path: str | os.PathLike) -> Path | None:
         path,
     )
     out = trainer.config.out
-    if out and written.name == CHECKPOINT_NAME and written.resolve() == (Path(out) / CHECKPOINT_NAME).resolve():
+    if out and written.resolve() == (Path(out) / CHECKPOINT_NAME).resolve():
         note = remove_stale_outputs(out, CHECKPOINT_NAME)
         if note:
             bars.write(note)

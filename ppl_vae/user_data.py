@@ -200,8 +200,8 @@ def _splits(raw: dict, path: Path, layout: str) -> dict:
         y = raw.get(f"y_{split}")
         if y is not None:
             y = _labels(y, f"{path.name} y_{split}")
-        if y is not None and len(y) != len(x):
-            raise DataError(f"{path.name}: y_{split} has {len(y)} labels for {len(x)} points in x_{split}")
+            if len(y) != len(x):
+                raise DataError(f"{path.name}: y_{split} has {len(y)} labels for {len(x)} points in x_{split}")
         splits[split] = (x, y)
     shapes = {k: v[0].shape[1:] for k, v in splits.items()}
     if len(set(shapes.values())) > 1:
@@ -231,5 +231,5 @@ def load_data_file(path: str | os.PathLike, scale: str = "auto", layout: str = "
     for split in ("train", "val", "test"):
         x, y = splits[split]
         flat = to_intensities(x.reshape(len(x), -1), f"{path.name} {split} split", scale)
-        out.append((flat, None if y is None else np.asarray(y).astype(np.int64)))
+        out.append((flat, y))  # labels are int64 from _labels
     return tuple(out), image_shape_of(tuple(train_x.shape[1:]))
